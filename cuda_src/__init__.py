@@ -1,0 +1,1 @@
+"""CUDA sources of the longconv kernels (``*.cuh`` / ``*.cu``), installed as package data."""
