@@ -793,8 +793,17 @@ def layout_static_asserts(struct_name: str, dtype: np.dtype) -> str:
     """C++ ``static_assert``s that a C struct has the layout of ``dtype``.
 
     Append the result to a source that defines ``struct_name`` and compile
-    it (:func:`check_layout`): success proves that size, alignment, every
-    member's offset and every member's size agree with the NumPy dtype.
+    it (:func:`check_layout`): success proves that the struct's size and
+    alignment, and every member's size, alignment and offset, agree with the
+    NumPy dtype.
+
+    Offsets are checked with ``__builtin_offsetof`` where the compiler has
+    it (NVRTC 13.5 does, NVRTC 13.0 does not).  Without it they are checked
+    through the ABI rule both sides follow (each member at the next offset
+    aligned for its type, in declaration order): the asserts then check the
+    member order (comparing member addresses of a ``constexpr`` instance,
+    so the struct must be a literal type), each member's size and alignment,
+    and the struct's size and alignment.
 
     Parameters
     ----------
@@ -810,22 +819,40 @@ def layout_static_asserts(struct_name: str, dtype: np.dtype) -> str:
     if not dtype.names:
         raise ValueError("layout_static_asserts: dtype has no fields")
     s = struct_name
+    tag = "(NumPy params dtype)"
+    probe = "lc_layout_probe_" + re.sub(r"\W", "_", s)
+
+    def check(cond, what):
+        return f'static_assert({cond}, "{what} {tag}");'
+
     lines = [
-        f'static_assert(sizeof({s}) == {dtype.itemsize}, '
-        f'"sizeof({s}) != {dtype.itemsize} (NumPy params dtype)");',
-        f'static_assert(alignof({s}) == {dtype.alignment}, '
-        f'"alignof({s}) != {dtype.alignment} (NumPy params dtype)");',
+        "#if defined(__has_builtin)",
+        "#if __has_builtin(__builtin_offsetof)",
+        "#define LC_LAYOUT_HAS_OFFSETOF 1",
+        "#endif",
+        "#endif",
+        check(f"sizeof({s}) == {dtype.itemsize}", f"sizeof({s}) != {dtype.itemsize}"),
+        check(f"alignof({s}) == {dtype.alignment}", f"alignof({s}) != {dtype.alignment}"),
     ]
+    offsets = ["#ifdef LC_LAYOUT_HAS_OFFSETOF"]
+    order = ["#else", f"constexpr {s} {probe}{{}};"]
+    previous = None
     for name in dtype.names:
         fdt, offset = dtype.fields[name][:2]
-        lines.append(
-            f"static_assert(__builtin_offsetof({s}, {name}) == {offset}, "
-            f'"offsetof({s}, {name}) != {offset} (NumPy params dtype)");'
-        )
-        lines.append(
-            f"static_assert(sizeof({s}::{name}) == {fdt.itemsize}, "
-            f'"sizeof({s}::{name}) != {fdt.itemsize} (NumPy params dtype)");'
-        )
+        align = fdt.base.alignment
+        lines.append(check(f"sizeof({s}::{name}) == {fdt.itemsize}",
+                           f"sizeof({s}::{name}) != {fdt.itemsize}"))
+        lines.append(check(f"alignof(decltype({s}::{name})) == {align}",
+                           f"alignof({s}::{name}) != {align}"))
+        offsets.append(check(f"__builtin_offsetof({s}, {name}) == {offset}",
+                             f"offsetof({s}, {name}) != {offset}"))
+        if previous is not None:
+            order.append(check(
+                f"(const void*)&{probe}.{previous} < (const void*)&{probe}.{name}",
+                f"{s}::{previous} must come before {s}::{name}",
+            ))
+        previous = name
+    lines += offsets + order + ["#endif", "#undef LC_LAYOUT_HAS_OFFSETOF"]
     return "\n".join(lines) + "\n"
 
 
@@ -925,7 +952,7 @@ def device_info(device_id: int | None = None) -> DeviceInfo:
         name = name.decode(errors="replace")
     info = DeviceInfo(
         name=name,
-        cc=(attrs["ComputeCapabilityMajor"], attrs["ComputeCapabilityMinor"]),
+        cc=(int(props["major"]), int(props["minor"])),
         sm_count=attrs["MultiProcessorCount"],
         smem_optin=attrs["MaxSharedMemoryPerBlockOptin"],
         smem_per_sm=attrs["MaxSharedMemoryPerMultiprocessor"],

@@ -320,11 +320,33 @@ def test_params_layout_matches_c_struct():
 @needs_nvrtc
 def test_params_layout_mismatch_is_reported():
     swapped = [FIELDS[0], FIELDS[2], FIELDS[1], *FIELDS[3:]]
-    with pytest.raises(KernelCompileError, match=r"offsetof\(Params, n\)"):
+    with pytest.raises(KernelCompileError,
+                       match=r"offsetof\(Params, n\)|Params::batch must come before Params::n"):
         lc.check_layout(C_STRUCT, "Params", lc.params_dtype(swapped))
     fewer = FIELDS[:-1]
     with pytest.raises(KernelCompileError, match=r"sizeof\(Params\)"):
         lc.check_layout(C_STRUCT, "Params", lc.params_dtype(fewer))
+    wider = [*FIELDS[:1], ("n", "i64"), *FIELDS[2:]]
+    with pytest.raises(KernelCompileError, match=r"sizeof\(Params::n\) != 8"):
+        lc.check_layout(C_STRUCT, "Params", lc.params_dtype(wider))
+
+
+def _without_offsetof(asserts):
+    """The asserts as a compiler without __builtin_offsetof sees them."""
+    return asserts.replace("#define LC_LAYOUT_HAS_OFFSETOF 1", "")
+
+
+@needs_nvrtc
+def test_params_layout_fallback_without_offsetof():
+    opts = ["-std=c++17", "--gpu-architecture=sm_80"]
+    good = lc.layout_static_asserts("Params", lc.params_dtype(FIELDS))
+    assert "__builtin_offsetof" in good
+    lc.nvrtc_compile(C_STRUCT + _without_offsetof(good), opts)
+    # two members of the same type in the wrong order: only the order check sees it
+    swapped = [*FIELDS[:4], ("tail", "u32"), *FIELDS[5:8], ("stride", "u32")]
+    bad = _without_offsetof(lc.layout_static_asserts("Params", lc.params_dtype(swapped)))
+    with pytest.raises(KernelCompileError, match="Params::tail must come before Params::dims"):
+        lc.nvrtc_compile(C_STRUCT + bad, opts)
 
 
 @needs_nvrtc
@@ -516,3 +538,12 @@ def test_gpu_compile_error(cupy, tmp_path):
         lc.get_kernel(key, "k", root=tmp_path)
     assert "nope" in str(info.value)
     assert info.value.key.arch == lc.device_arch()
+
+
+@needs_nvrtc
+def test_compile_cubin_from_several_threads(tmp_path):
+    write(tmp_path, "tiny.cu", TINY_KERNEL)
+    keys = [KernelKey("tiny", 2**k, "fp32", arch=arch) for k in range(4) for arch in ARCHS]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        cubins = list(pool.map(lambda key: lc.compile_cubin(key, root=tmp_path), keys))
+    assert all(c[:4] == b"\x7fELF" for c in cubins)
