@@ -1,0 +1,56 @@
+"""Array adapters: how longconv recognises a caller's array and hands it back in the same kind.
+
+Each adapter is a module named after the library whose arrays it handles, exposing:
+
+``KIND``
+    The name of the array kind (``"numpy"``, ``"cupy"``).
+``is_array(obj) -> bool``
+    Whether ``obj`` is an array of this kind.
+``device(obj) -> "cpu" | "gpu"``
+    Where the data lives.
+``to_backend(obj) -> (array, logical_dtype)``
+    The data as an array of the backend's array module (``numpy.ndarray`` on the CPU,
+    ``cupy.ndarray`` on the GPU) and its logical dtype name (``"bfloat16"`` for bfloat16 data,
+    which travels as ``uint16`` bit patterns; otherwise the array's own dtype name).
+``from_backend(array, logical_dtype, like) -> obj``
+    A backend array turned back into this kind (``like`` is the caller's input, for its device).
+
+Adapters are found by the top-level module of the array's type (``type(obj).__module__``), so
+adding PyTorch, JAX or Dask means adding a module here and one line to ``_REGISTRY``; nothing
+else changes. No adapter imports its framework at module top level.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: top-level module of an array type -> adapter module (imported on first use)
+_REGISTRY = {
+    "numpy": "numpy",
+    "cupy": "cupy",
+    "cupyx": "cupy",
+}
+
+_loaded = {}
+
+
+def adapter_for(obj):
+    """The adapter module handling ``obj``'s type, or ``None`` if no adapter claims it."""
+    root = type(obj).__module__.split(".", 1)[0]
+    name = _REGISTRY.get(root)
+    if name is None:
+        return None
+    mod = _loaded.get(name)
+    if mod is None:
+        mod = importlib.import_module(f"{__name__}.{name}")
+        _loaded[name] = mod
+    return mod if mod.is_array(obj) else None
+
+
+def get(kind):
+    """The adapter module for an array kind by name (``"numpy"``, ``"cupy"``)."""
+    mod = _loaded.get(kind)
+    if mod is None:
+        mod = importlib.import_module(f"{__name__}.{kind}")
+        _loaded[kind] = mod
+    return mod

@@ -1,0 +1,35 @@
+"""NumPy arrays (host memory, CPU backend)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+KIND = "numpy"
+
+
+def is_array(obj):
+    return isinstance(obj, (np.ndarray, np.generic))
+
+
+def device(obj):
+    return "cpu"
+
+
+def to_backend(obj):
+    arr = np.asarray(obj)
+    if arr.dtype.name == "bfloat16":
+        return arr.view(np.uint16), "bfloat16"
+    return arr, arr.dtype.name
+
+
+def from_backend(array, logical_dtype, like=None):
+    if hasattr(array, "get") and type(array).__module__.split(".", 1)[0] == "cupy":
+        array = array.get()
+    array = np.asarray(array)
+    if logical_dtype == "bfloat16":
+        try:
+            from ml_dtypes import bfloat16
+        except ImportError:
+            return array
+        return array.view(bfloat16)
+    return array

@@ -1,0 +1,56 @@
+"""longconv: fast long convolutions with a SciPy-compatible API, on the CPU and on NVIDIA GPUs.
+
+Functions and classes
+---------------------
+fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel_len=None,
+                 freq_keep=None, workers=None)
+    Drop-in for ``scipy.signal.fftconvolve`` (same values, shapes, dtypes and errors), plus
+    ``mode="circular"`` and the keyword-only extras.
+convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, precision=None,
+         kernel_len=None, freq_keep=None)
+    Sequence-model form: ``x`` (..., H, L), ``k`` (H, Lk); causal or centred; gates and skip:
+    ``y = postgate * conv(pregate * x, k) + skip[h] * x``.
+LongConv(k, length, *, causal=True, dtype=None, precision=None, kernel_len=None,
+         freq_keep=None, device=None)
+    A reusable plan with the filter spectrum cached; ``plan(x, pregate=None, postgate=None,
+    skip=None)``, ``plan.update(k)``, ``plan.fft_size``, ``plan.backend``.
+fft_size(n_min), decomposition(n)
+    The FFT size table shared by every backend (powers of two, radix-16 Monarch factorisation).
+testing
+    The float64 oracle, tolerance table and helpers (:mod:`longconv.testing`).
+
+Arrays
+------
+NumPy arrays (and anything ``numpy.asarray`` accepts) run on the CPU backend (``scipy.fft``);
+CuPy arrays run on the GPU (fused tensor-core kernels where available, else cuFFT). Results come
+back as the caller's kind of array. bfloat16 travels as ``uint16`` bit patterns.
+"""
+
+from ._plan import LongConv
+from ._signaltools import convolve, fftconvolve_long
+from ._sizes import decomposition, fft_size
+
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("longconv")
+except PackageNotFoundError:
+    __version__ = "0.1.0"
+
+__all__ = [
+    "LongConv",
+    "__version__",
+    "convolve",
+    "decomposition",
+    "fft_size",
+    "fftconvolve_long",
+    "testing",
+]
+
+
+def __getattr__(name):
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
+    raise AttributeError(f"module 'longconv' has no attribute {name!r}")
