@@ -1,0 +1,149 @@
+// The 256-point complex FFT of one segment, forward, times the filter spectrum, and back, on the
+// tensor cores of one warp, without leaving registers (Monarch 16 x 16, kernel_spec.py identity 1).
+//
+// A segment holds x[16 p + q] (p, q < 16) as two 16-bit planes in shared memory (see smem_index).
+//   stage a:  C[k2][q] = W_256^(k2 q) * sum_p F[k2][p] x[p][q]         (F = DFT_16, scaled 1/4)
+//   stage b:  D[k2][k3] = sum_q C[k2][q] F[q][k3] = X[k2 + 16 k3]       (unitary 256-point DFT)
+//   product:  P = D * K                                                   (K in fragment order)
+//   stage b': E[k2][q] = conj(W_256^(k2 q)) * sum_k3 P[k2][k3] G[k3][q]  (G = conj(F) * 4)
+//   stage a': y[p][q] = sum_k2 G[p][k2] E[k2][q]
+// Complex products use planar real/imaginary fragments: (a + ib)(c + id) = ac - bd + i(ad + bc).
+#pragma once
+#include "mma.cuh"
+
+// Halfword index of position j inside a pair's plane: 16 B chunks are XOR-swizzled by bit 6 so that
+// ldmatrix rows (32 B apart) and the outer stages' column accesses are free of bank conflicts.
+__device__ __forceinline__ int smem_index(int j) { return j ^ (((j >> 6) & 1) << 3); }
+
+template <int T> struct inner_consts {
+  fragA fr, fi, nfi;  // forward DFT_16 / 4: real, imaginary, -imaginary (symmetric: its own transpose)
+  fragA gr, gi, ngi;  // inverse conj(DFT_16), unscaled
+  cf tw[2][4];        // W_256^(k2 q) at this thread's accumulator positions
+
+  __device__ __forceinline__ void init(int lane) {
+    const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i & 1);
+      float re[2], im[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int col = 2 * c + h + 8 * (i >> 1);
+        const cf w = unit_root(row * col, 16, -1.f);
+        re[h] = w.re;
+        im[h] = w.im;
+      }
+      fr.r[i] = pack2<T>(0.25f * re[0], 0.25f * re[1]);
+      fi.r[i] = pack2<T>(0.25f * im[0], 0.25f * im[1]);
+      nfi.r[i] = pack2<T>(-0.25f * im[0], -0.25f * im[1]);
+      gr.r[i] = pack2<T>(re[0], re[1]);
+      gi.r[i] = pack2<T>(-im[0], -im[1]);
+      ngi.r[i] = pack2<T>(im[0], im[1]);
+    }
+#pragma unroll
+    for (int t = 0; t < 2; ++t)
+#pragma unroll
+      for (int d = 0; d < 4; ++d) {
+        const int k2 = g + 8 * (d >> 1), q = 2 * c + (d & 1) + 8 * t;
+        tw[t][d] = unit_root(k2 * q, 256, -1.f);
+      }
+  }
+};
+
+// The filter spectrum of one segment at this lane: K[e], e = 4 t + d, as 8 complex fp32 values.
+struct seg_spectrum {
+  cf k[2][4];
+  __device__ __forceinline__ void load(const float4* __restrict__ src, int lane) {
+    const float4* p = src + lane * 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float4 v = __ldg(p + i);
+      k[i >> 1][(i & 1) * 2] = cf{v.x, v.y};
+      k[i >> 1][(i & 1) * 2 + 1] = cf{v.z, v.w};
+    }
+  }
+};
+
+// Forward 256-point FFT, pointwise product with the spectrum, inverse FFT, in place on one segment.
+template <int T>
+__device__ __forceinline__ void conv_segment(u16* seg_re, u16* seg_im, const inner_consts<T>& kc,
+                                             const seg_spectrum& ks, int lane) {
+  // ldmatrix.trans: tile m = lane / 8 is rows 8 (m >> 1) .. +7, columns 8 (m & 1) .. +7 of x[p][q];
+  // the result is the A fragment of x^T, i.e. the B operand of x.
+  const int m = lane >> 3, row = (lane & 7) + 8 * (m >> 1);
+  const int off = smem_index(row * 16 + 8 * (m & 1));
+  const fragA xr = ldmatrix_x4_trans(smem_addr(seg_re + off));
+  const fragA xi = ldmatrix_x4_trans(smem_addr(seg_im + off));
+
+  // stage a: C = F x
+  fragC cr, ci;
+  zero(cr);
+  zero(ci);
+  mma_ab<T>(cr, kc.fr, xr);
+  mma_ab<T>(cr, kc.nfi, xi);
+  mma_ab<T>(ci, kc.fr, xi);
+  mma_ab<T>(ci, kc.fi, xr);
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int d = 0; d < 4; ++d) {
+      const cf v = cmul(cf{cr.d[t][d], ci.d[t][d]}, kc.tw[t][d]);
+      cr.d[t][d] = v.re;
+      ci.d[t][d] = v.im;
+    }
+
+  // stage b: D = C F, then P = D * K
+  fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
+  zero(cr);
+  zero(ci);
+  mma_ab<T>(cr, ar, kc.fr);
+  mma_ab<T>(cr, ai, kc.nfi);
+  mma_ab<T>(ci, ar, kc.fi);
+  mma_ab<T>(ci, ai, kc.fr);
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int d = 0; d < 4; ++d) {
+      const cf v = cmul(cf{cr.d[t][d], ci.d[t][d]}, ks.k[t][d]);
+      cr.d[t][d] = v.re;
+      ci.d[t][d] = v.im;
+    }
+
+  // stage b': E = P G, times conj(W)
+  ar = to_a<T>(cr);
+  ai = to_a<T>(ci);
+  zero(cr);
+  zero(ci);
+  mma_ab<T>(cr, ar, kc.gr);
+  mma_ab<T>(cr, ai, kc.ngi);
+  mma_ab<T>(ci, ar, kc.gi);
+  mma_ab<T>(ci, ai, kc.gr);
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int d = 0; d < 4; ++d) {
+      const cf v = cmulc(cf{cr.d[t][d], ci.d[t][d]}, kc.tw[t][d]);
+      cr.d[t][d] = v.re;
+      ci.d[t][d] = v.im;
+    }
+
+  // stage a': y = G E  (E enters as its B operand: the A fragment of E^T)
+  const fragA er = transpose(to_a<T>(cr)), ei = transpose(to_a<T>(ci));
+  zero(cr);
+  zero(ci);
+  mma_ab<T>(cr, kc.gr, er);
+  mma_ab<T>(cr, kc.ngi, ei);
+  mma_ab<T>(ci, kc.gr, ei);
+  mma_ab<T>(ci, kc.gi, er);
+
+  // y[p][q] at p = g + 8 (d >> 1), q = 2c + (d & 1) + 8t: store pairs of adjacent q.
+  const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int j = smem_index((g + 8 * h) * 16 + 2 * c + 8 * t);
+      *reinterpret_cast<u32*>(seg_re + j) = pack2<T>(cr.d[t][2 * h], cr.d[t][2 * h + 1]);
+      *reinterpret_cast<u32*>(seg_im + j) = pack2<T>(ci.d[t][2 * h], ci.d[t][2 * h + 1]);
+    }
+}

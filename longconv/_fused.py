@@ -1,0 +1,296 @@
+"""Fused tensor-core FFT convolution on the GPU (``cuda_src/fused_conv.cu``).
+
+One launch reads every input sequence once and writes every output once: load (and pregate),
+forward FFT, product with the cached filter spectrum, inverse FFT, postgate, skip, store. Whole
+sequences live in shared memory, so the FFT size ``N`` is limited to 256 .. 32768 (and to what
+the device's shared memory holds: one pair of sequences needs ``4 N`` bytes).
+
+Layout of the filter spectrum. The kernel's FFT leaves the spectrum in a permuted order (the
+Monarch decomposition works in place, see ``fused_conv.cu``) and each warp reads the spectrum of a
+256-point segment in the order of its mma accumulator fragments. :func:`spectrum_order` gives the
+frequency index of every stored element; :class:`FusedPlan` gathers the filter's FFT into that
+order once per plan.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _compile
+from ._kernels import FUSED_ENTRY, FUSED_MAX_N, FUSED_MIN_N, fused_key
+
+__all__ = ["FusedPlan", "PARAMS_FIELDS", "make_plan", "spectrum_order", "window", "fft_size_for"]
+
+#: Mirror of ``struct ConvParams`` in ``cuda_src/params.cuh`` (same order).
+PARAMS_FIELDS = (
+    ("x", "ptr"), ("pregate", "ptr"), ("postgate", "ptr"), ("skip", "ptr"), ("kspec", "ptr"),
+    ("y", "ptr"),
+    ("B", "i64"), ("H", "i64"), ("L", "i64"), ("Lout", "i64"), ("out_offset", "i64"),
+    ("fold", "i64"), ("k_hstride", "i64"), ("n_tiles", "i64"), ("tiles_per_h", "i64"),
+    ("n", "i32"), ("pairs", "i32"),
+)
+PARAMS_DTYPE = _compile.params_dtype(PARAMS_FIELDS)
+
+THREADS = 256
+MODES = ("causal", "circular", "full", "same", "valid")
+# Pairs of sequences per tile are capped so a block's phases have enough independent columns
+# (N = 256: 16 pairs give 4096 columns for 256 threads) without idling warps in the inner stage.
+MAX_PAIRS = 16
+
+
+def _outer_radices(n: int) -> tuple[int, ...]:
+    """Outer Monarch radices of an FFT of size ``n`` (the kernel's decomposition table)."""
+    r = n // 256
+    if r == 1:
+        return ()
+    return (r,) if r <= 16 else (r // 16, 16)
+
+
+def _inner_order() -> np.ndarray:
+    """Frequency (of the 256-point segment) held by lane ``l``, element ``e``: shape (32, 8)."""
+    lane = np.arange(32)[:, None]
+    e = np.arange(8)[None, :]
+    g, c, t, d = lane >> 2, lane & 3, e >> 2, e & 3
+    k2 = g + 8 * (d >> 1)
+    k3 = 2 * c + (d & 1) + 8 * t
+    return k2 + 16 * k3
+
+
+def spectrum_order(n: int) -> np.ndarray:
+    """Frequency index of each stored spectrum element for FFT size ``n``.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n // 256, 32, 8)
+        ``order[s, l, e]`` is the DFT bin that segment ``s``, lane ``l``, element ``e`` holds after
+        the kernel's forward transform. Recursion of the in-place Monarch stage: with
+        ``n = r * S``, position ``S k + j`` holds bin ``k + r * order_S(j)``.
+    """
+    if n < 256 or n & (n - 1):
+        raise ValueError(f"spectrum_order: n must be a power of two >= 256, got {n}")
+    seg = np.arange(n // 256)[:, None, None]
+    inner = _inner_order()[None]
+
+    def freq(seg, size, radices):
+        if not radices:
+            return inner + 0 * seg
+        r = radices[0]
+        s = size // r
+        per_row = s // 256
+        k, sub = seg // per_row, seg % per_row
+        return k + r * freq(sub, s, radices[1:])
+
+    return freq(seg, n, _outer_radices(n)).astype(np.int64)
+
+
+def window(mode: str, L: int, Lk: int) -> tuple[int, int, int]:
+    """Output window of a mode: (length needed from the linear product, offset, output length).
+
+    The linear convolution of x (length L) and k (length Lk) has L + Lk - 1 samples; a mode keeps
+    ``[offset, offset + Lout)`` of it. ``circular`` is handled by :func:`fft_size_for`.
+    """
+    if mode == "causal":
+        return L + min(L, Lk) - 1, 0, L
+    if mode == "full":
+        return L + Lk - 1, 0, L + Lk - 1
+    if mode == "same":
+        return L + Lk - 1, (Lk - 1) // 2, L
+    if mode == "valid":
+        return L + Lk - 1, min(L, Lk) - 1, abs(L - Lk) + 1
+    raise ValueError(f"window: unknown mode {mode!r}")
+
+
+def _pow2_at_least(m: int) -> int:
+    return 1 << max(0, (int(m) - 1).bit_length())
+
+
+def fft_size_for(mode: str, L: int, Lk: int) -> tuple[int, int, int, int]:
+    """(N, out_offset, Lout, fold) of the fused kernel for a problem, N not yet range-checked.
+
+    ``circular``: N = L when L is a power of two (the filter folded to length L), else the linear
+    product of the signal and the folded filter (N >= 2L - 1) folded back (``fold = L``).
+    """
+    if mode == "circular":
+        if L & (L - 1) == 0 and L >= FUSED_MIN_N:
+            return L, 0, L, 0
+        return max(FUSED_MIN_N, _pow2_at_least(2 * L - 1)), 0, L, L
+    need, off, lout = window(mode, L, Lk)
+    return max(FUSED_MIN_N, _pow2_at_least(need)), off, lout, 0
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError:
+        return None
+    try:
+        if not cupy.is_available():
+            return None
+    except Exception:
+        return None
+    return cupy
+
+
+def _io_dtype_name(io_dtype) -> str:
+    name = str(getattr(io_dtype, "name", io_dtype))
+    return {"float16": "float16", "half": "float16", "bfloat16": "bfloat16", "uint16": "bfloat16",
+            "float32": "float32", "single": "float32"}.get(name, name)
+
+
+class FusedPlan:
+    """A fused convolution plan: filter spectrum in the kernel's layout, launch geometry.
+
+    Parameters
+    ----------
+    k : cupy.ndarray, shape (H, Lk) or (1, Lk), real
+        Filters (already cut to ``kernel_len``); one row is shared by every channel.
+    L : int
+        Input length.
+    mode : {"causal", "circular", "full", "same", "valid"}
+    io_dtype : {"float16", "bfloat16", "float32"}
+        Dtype of x, the gates and y (bfloat16 travels as uint16 bits).
+    n : int, optional
+        FFT size to use (must be a power of two covering the problem); default: the smallest.
+    freq_keep : float, optional
+        Keep the filter's rfft bins ``j < ceil(freq_keep * (n // 2 + 1))``, zero the rest.
+    """
+
+    def __init__(self, k, L, *, mode, io_dtype, n=None, freq_keep=None):
+        cupy = _cupy()
+        if cupy is None:
+            raise RuntimeError("the fused kernels need CuPy and a CUDA device")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.io_dtype = _io_dtype_name(io_dtype)
+        if self.io_dtype not in FUSED_ENTRY:
+            raise NotImplementedError(
+                f"io_dtype must be one of {sorted(FUSED_ENTRY)}, got {io_dtype!r}")
+        k = cupy.asarray(k)
+        if k.ndim == 1:
+            k = k[None]
+        if k.ndim != 2 or k.shape[1] < 1:
+            raise ValueError(f"k must have shape (H, Lk), got {k.shape}")
+        self.L, self.mode = int(L), mode
+        self.Lk = int(k.shape[1])
+        N, self.out_offset, self.Lout, self.fold = fft_size_for(mode, self.L, self.Lk)
+        if n is not None:
+            if n < N or n & (n - 1):
+                raise ValueError(f"n={n} does not hold the problem (needs a power of two >= {N})")
+            N = int(n)
+        if not FUSED_MIN_N <= N <= FUSED_MAX_N:
+            raise NotImplementedError(
+                f"the fused kernels serve FFT sizes {FUSED_MIN_N}..{FUSED_MAX_N}, "
+                f"this problem needs {N}")
+        self.n = N
+        info = _compile.device_info()
+        # Shared memory: 4 N bytes per pair. Budget half the SM (two blocks resident, the
+        # kernel's __launch_bounds__ minimum) so loads of one block overlap compute of the other.
+        per_pair = 4 * N
+        budget = min(info.smem_optin, info.smem_per_sm // 2 - 1024)
+        if per_pair > budget:
+            budget = info.smem_optin
+        if per_pair > budget:
+            raise NotImplementedError(
+                f"FFT size {N} needs {per_pair} bytes of shared memory; {info.name} allows "
+                f"{info.smem_optin}")
+        self.max_pairs = max(1, min(MAX_PAIRS, budget // per_pair))
+        self.Hk = int(k.shape[0])
+        operand = "bf16" if self.io_dtype == "bfloat16" else "fp16"
+        self._kernel = _compile.get_kernel(fused_key(operand), FUSED_ENTRY[self.io_dtype])
+        self._info = info
+        self.freq_keep = freq_keep
+        self.update(k)
+
+    def update(self, k):
+        """Recompute the filter spectrum (same shape as before)."""
+        cupy = _cupy()
+        k = cupy.asarray(k)
+        if k.ndim == 1:
+            k = k[None]
+        if k.shape != (self.Hk, self.Lk):
+            raise ValueError(f"k must keep its shape {(self.Hk, self.Lk)}, got {k.shape}")
+        N = self.n
+        kk = k.astype(cupy.float64)
+        if self.mode == "circular":
+            # Circular of length L: the taps fold onto the circle of length L.
+            L = self.L
+            reps = -(-self.Lk // L)
+            padded = cupy.zeros((self.Hk, reps * L), dtype=cupy.float64)
+            padded[:, : self.Lk] = kk
+            kk = padded.reshape(self.Hk, reps, L).sum(axis=1)
+        spec = cupy.fft.fft(kk, n=N, axis=-1)
+        if self.freq_keep is not None:
+            keep = math.ceil(self.freq_keep * (N // 2 + 1))
+            j = cupy.arange(N)
+            spec = spec * (cupy.minimum(j, N - j) < keep)
+        spec *= 1.0 / math.sqrt(N)
+        order = cupy.asarray(spectrum_order(N).reshape(-1))
+        self._kspec = cupy.ascontiguousarray(spec[:, order].astype(cupy.complex64))
+        return self
+
+    def __call__(self, x, pregate=None, postgate=None, skip=None, out=None):
+        """y = postgate * conv(pregate * x, k) + skip * x for x of shape (B, H, L)."""
+        cupy = _cupy()
+        if x.ndim != 3 or x.shape[2] != self.L:
+            raise ValueError(f"x must have shape (B, H, {self.L}), got {x.shape}")
+        B, H, L = (int(s) for s in x.shape)
+        if self.Hk not in (1, H):
+            raise ValueError(f"x has {H} channels but the plan holds {self.Hk} filters")
+        dt = x.dtype
+        x = cupy.ascontiguousarray(x)
+
+        def operand(a, shape, name):
+            if a is None:
+                return None
+            a = cupy.asarray(a)
+            if a.dtype != dt:
+                raise TypeError(f"{name} must have dtype {dt}, got {a.dtype}")
+            return cupy.ascontiguousarray(cupy.broadcast_to(a, shape))
+
+        pregate = operand(pregate, (B, H, L), "pregate")
+        postgate = operand(postgate, (B, H, self.Lout), "postgate")
+        if skip is not None:
+            if self.Lout != L or self.fold and self.out_offset:
+                raise ValueError("skip needs an output as long as the input")
+            skip = cupy.asarray(skip, dtype=cupy.float32)
+            skip = cupy.ascontiguousarray(cupy.broadcast_to(skip, (H,)))
+        y = out if out is not None else cupy.empty((B, H, self.Lout), dtype=dt)
+        if B == 0 or H == 0 or self.Lout == 0:
+            return y
+        npairs = (B + 1) // 2
+        pairs = min(self.max_pairs, npairs)
+        # Enough tiles for every SM (two blocks each) before packing more pairs into a tile.
+        sms = self._info.sm_count
+        while pairs > 1 and H * -(-npairs // pairs) < 2 * sms:
+            pairs //= 2
+        tiles_per_h = -(-npairs // pairs)
+        n_tiles = H * tiles_per_h
+        smem = 4 * self.n * pairs
+        blocks_per_sm = max(1, min(2, self._info.smem_per_sm // (smem + 1024)))
+        grid = int(min(n_tiles, sms * blocks_per_sm))
+        _compile.prepare(self._kernel, smem)
+        params = _compile.pack_params(
+            PARAMS_DTYPE, x=x, pregate=pregate, postgate=postgate, skip=skip, kspec=self._kspec,
+            y=y, B=B, H=H, L=L, Lout=self.Lout, out_offset=self.out_offset, fold=self.fold,
+            k_hstride=0 if self.Hk == 1 else self.n // 2, n_tiles=n_tiles,
+            tiles_per_h=tiles_per_h, n=self.n, pairs=pairs)
+        self._kernel((grid,), (THREADS,), (params,), shared_mem=smem)
+        return y
+
+
+def make_plan(k, L, *, mode, io_dtype, n=None, freq_keep=None, **_unused):
+    """A :class:`FusedPlan`, or None when the fused kernels do not serve this problem."""
+    if _cupy() is None or _io_dtype_name(io_dtype) not in FUSED_ENTRY or mode not in MODES:
+        return None
+    Lk = int(k.shape[-1])
+    N = fft_size_for(mode, int(L), Lk)[0]
+    if n is not None:
+        N = max(N, int(n))
+    if not FUSED_MIN_N <= N <= FUSED_MAX_N or getattr(k, "dtype", np.float32).kind == "c":
+        return None
+    try:
+        return FusedPlan(k, L, mode=mode, io_dtype=io_dtype, n=n, freq_keep=freq_keep)
+    except NotImplementedError:
+        return None

@@ -1,0 +1,36 @@
+"""Every kernel specialisation longconv ships, for compile checks without a GPU.
+
+The fused convolution kernel is one translation unit per tensor-core operand kind: the FFT size,
+the I/O dtype's entry point, gating and the output window are run-time arguments, so two
+compilations per architecture serve every fused problem.
+"""
+
+from __future__ import annotations
+
+from ._compile import KernelKey
+
+#: Largest FFT size of the fused kernels (one sequence pair in shared memory: 4 N bytes).
+FUSED_MAX_N = 32768
+#: Smallest FFT size of the fused kernels (one 256-point tensor-core segment).
+FUSED_MIN_N = 256
+
+#: Entry points of ``cuda_src/fused_conv.cu`` by I/O dtype.
+FUSED_ENTRY = {"float16": "lc_fused_conv_f16", "bfloat16": "lc_fused_conv_bf16",
+               "float32": "lc_fused_conv_f32"}
+
+
+def fused_key(operand: str, arch: str = "") -> KernelKey:
+    """Key of the fused convolution module whose tensor-core operands are ``operand``.
+
+    Parameters
+    ----------
+    operand : {"fp16", "bf16"}
+    arch : str, optional
+        Target architecture; empty for the current device.
+    """
+    return KernelKey("fused_conv", FUSED_MAX_N, operand, arch=arch)
+
+
+def all_specializations() -> list[KernelKey]:
+    """Keys of every shipped specialisation, without an architecture."""
+    return [fused_key("fp16"), fused_key("bf16")]

@@ -1,0 +1,170 @@
+"""CPU checks of the fused kernel's index conventions.
+
+A float64 NumPy model follows ``cuda_src/fused_conv.cu`` step by step (outer fp32 stages in place,
+256-point tensor-core segments in the accumulator layout of ``inner256.cuh``, the spectrum stored
+in :func:`longconv._fused.spectrum_order`), so the permutation, the twiddles, the scaling and the
+output windows are proven here without a GPU; the GPU tests then compare the kernel itself with
+the float64 oracle.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longconv import _fused
+
+
+def dft(r, sign=-1):
+    j = np.arange(r)
+    return np.exp(sign * 2j * np.pi * np.outer(j, j) / r)
+
+
+def outer_forward(z, size, r):
+    """In-place outer stage on every segment of length `size` of z (last axis)."""
+    s = size // r
+    seg = z.reshape(*z.shape[:-1], -1, r, s)
+    k, q = np.arange(r)[:, None], np.arange(s)[None, :]
+    tw = np.exp(-2j * np.pi * q * k / size) / np.sqrt(r)
+    out = np.einsum("kp,...ps->...ks", dft(r), seg) * tw
+    return out.reshape(z.shape)
+
+
+def outer_inverse(z, size, r):
+    s = size // r
+    seg = z.reshape(*z.shape[:-1], -1, r, s)
+    k, q = np.arange(r)[:, None], np.arange(s)[None, :]
+    seg = seg * np.exp(2j * np.pi * q * k / size)
+    return np.einsum("pk,...ks->...ps", dft(r, +1), seg).reshape(z.shape)
+
+
+def inner_conv(z, kl):
+    """Every 256-point segment: stages a, b, product, b', a' of inner256.cuh."""
+    n = z.shape[-1]
+    F = dft(16)
+    k2, q = np.arange(16)[:, None], np.arange(16)[None, :]
+    tw = np.exp(-2j * np.pi * k2 * q / 256)
+    order = _fused._inner_order()
+    out = np.empty_like(z)
+    for s in range(n // 256):
+        X = z[..., 256 * s: 256 * (s + 1)].reshape(*z.shape[:-1], 16, 16)
+        C = (F / 4) @ X * tw
+        D = C @ (F / 4)
+        K = np.empty((16, 16), complex)
+        K[order % 16, order // 16] = kl[s]
+        E = (D * K) @ F.conj() * tw.conj()
+        Y = F.conj() @ E
+        out[..., 256 * s: 256 * (s + 1)] = Y.reshape(*z.shape[:-1], 256)
+    return out
+
+
+def model(x0, x1, k, mode):
+    """What the kernel computes for one pair of sequences, in float64."""
+    L, Lk = x0.shape[-1], k.shape[-1]
+    n, off, lout, fold = _fused.fft_size_for(mode, L, Lk)
+    kk = k.astype(float)
+    if mode == "circular":
+        reps = -(-Lk // L)
+        kk = np.concatenate([kk, np.zeros(reps * L - Lk)]).reshape(reps, L).sum(0)
+    spec = np.fft.fft(kk, n) / np.sqrt(n)
+    kl = spec[_fused.spectrum_order(n).reshape(-1)].reshape(n // 256, 32, 8)
+    z = np.zeros(n, complex)
+    z[:L] = x0 + 1j * x1
+    radices = _fused._outer_radices(n)
+    size = n
+    for r in radices:
+        z = outer_forward(z, size, r)
+        size //= r
+    z = inner_conv(z, kl)
+    for r in reversed(radices):
+        size *= r
+        z = outer_inverse(z, size, r)
+    if fold:
+        z = z[:fold] + z[fold: 2 * fold]
+        return z.real, z.imag
+    return z.real[off: off + lout], z.imag[off: off + lout]
+
+
+def reference(x, k, mode):
+    L = x.shape[-1]
+    full = np.convolve(x, k)
+    if mode == "causal":
+        return full[:L]
+    if mode == "circular":
+        y = np.zeros(L)
+        for s, tap in enumerate(k):
+            y += tap * np.roll(x, s)
+        return y
+    _, off, lout = _fused.window(mode, L, len(k))
+    return full[off: off + lout]
+
+
+@pytest.mark.parametrize("n", [256, 512, 1024, 4096, 8192, 32768])
+def test_spectrum_order_is_a_permutation(n):
+    order = _fused.spectrum_order(n).reshape(-1)
+    assert np.array_equal(np.sort(order), np.arange(n))
+
+
+@pytest.mark.parametrize(
+    "L, Lk, mode",
+    [(128, 128, "causal"), (97, 40, "causal"), (1000, 1000, "causal"), (2048, 2048, "causal"),
+     (4097, 4097, "causal"), (256, 256, "circular"), (4096, 300, "circular"),
+     (1000, 1000, "circular"), (300, 500, "circular"), (300, 41, "same"), (200, 301, "full"),
+     (500, 77, "valid"), (77, 500, "valid"), (3, 1, "causal")],
+)
+def test_model_matches_convolution(L, Lk, mode):
+    rng = np.random.default_rng(L * 7 + Lk)
+    x0, x1, k = rng.standard_normal(L), rng.standard_normal(L), rng.standard_normal(Lk)
+    y0, y1 = model(x0, x1, k, mode)
+    for y, x in ((y0, x0), (y1, x1)):
+        ref = reference(x, k, mode)
+        assert y.shape == ref.shape
+        np.testing.assert_allclose(y, ref, rtol=0, atol=1e-9 * max(1, np.abs(ref).max()))
+
+
+def test_model_freq_keep_matches_masked_reference():
+    rng = np.random.default_rng(3)
+    L = 512
+    x, k = rng.standard_normal(L), rng.standard_normal(L)
+    n = _fused.fft_size_for("causal", L, L)[0]
+    keep = int(np.ceil(0.3 * (n // 2 + 1)))
+    kf = np.fft.rfft(k, n)
+    kf[keep:] = 0
+    ref = np.fft.irfft(np.fft.rfft(x, n) * kf, n)[:L]
+    spec = np.fft.fft(k, n)
+    j = np.arange(n)
+    spec[np.minimum(j, n - j) >= keep] = 0
+    got = np.fft.ifft(np.fft.fft(x, n) * spec).real[:L]
+    np.testing.assert_allclose(got, ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode, L, Lk, expect", [
+    ("causal", 2048, 2048, (4096, 0, 2048, 0)),
+    ("causal", 1, 1, (256, 0, 1, 0)),
+    ("causal", 4097, 10, (8192, 0, 4097, 0)),
+    ("circular", 4096, 9000, (4096, 0, 4096, 0)),
+    ("circular", 1000, 1000, (2048, 0, 1000, 1000)),
+    ("same", 1000, 101, (2048, 50, 1000, 0)),
+    ("valid", 1000, 101, (2048, 100, 900, 0)),
+    ("full", 1000, 101, (2048, 0, 1100, 0)),
+])
+def test_fft_size_for(mode, L, Lk, expect):
+    assert _fused.fft_size_for(mode, L, Lk) == expect
+
+
+def test_params_dtype_matches_the_c_struct():
+    from longconv import _compile
+
+    if not _compile.nvrtc_available():
+        pytest.skip("NVRTC library not found")
+    # Only the struct's header (and what it includes): the whole kernel takes far longer to build.
+    root = Path(_fused.__file__).resolve().parent.parent / "cuda_src"
+    if not (root / "params.cuh").exists():
+        import importlib.resources
+
+        root = importlib.resources.files("longconv.cuda_src")
+    source = "\n".join(
+        line for name in ("common.cuh", "params.cuh")
+        for line in (root / name).read_text().splitlines() if not line.startswith("#include")
+    )
+    _compile.check_layout(source, "ConvParams", _fused.PARAMS_DTYPE)
