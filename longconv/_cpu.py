@@ -188,14 +188,16 @@ class CPUConvPlan:
             # outputs starting at self.start when n >= full - start (the overlap-save trick
             # for 'valid' and 'same').
             need = max(full - self.start, self.start + self.L_out)
-            self.n = sp_fft.next_fast_len(need, real=not self.is_complex)
+            self.n = self._n_direct = sp_fft.next_fast_len(need, real=not self.is_complex)
             nf = self._overlap_add_size(need)
             if nf is not None:
                 self.n = nf
                 self._oa_block = nf - self.Lk + 1
         self.fft_size = self.n
         self._fold_output = mode == "circular" and self.n != L
-        self._K = self._spectrum(k)
+        self._k_time = k
+        self._K = self._spectrum(k, self.n)
+        self._K_direct = None
 
     def _overlap_add_size(self, need):
         Lk, L = self.Lk, self.L
@@ -206,8 +208,7 @@ class CPUConvPlan:
         blocks = _fft_cost(nf) / (nf - Lk + 1)
         return nf if blocks < OA_GAIN * direct else None
 
-    def _spectrum(self, k):
-        n = self.n
+    def _spectrum(self, k, n):
         if self.is_complex:
             K = sp_fft.fft(k, n, axis=-1, workers=self.workers)
         else:
@@ -222,14 +223,23 @@ class CPUConvPlan:
 
     # -- convolution ----------------------------------------------------------------------
 
-    def _transform(self, xc, K):
-        """Linear (or cyclic at n = L) convolution of rows ``xc`` (..., L) with spectra ``K``.
+    def _transform(self, xc, hi):
+        """Linear (or cyclic at n = L) convolution of rows ``xc`` (..., L) with the filters
+        ``hi`` (a slice of the filter bank, or all of it).
 
         Returns the window [start, start + L_out) of the result.
         """
-        n, w = self.n, self.workers
+        n, w, K = self.n, self.workers, self._K
         if self._oa_block is not None:
-            return self._overlap_add(xc, K)
+            if np.isfinite(xc).all():
+                return self._overlap_add(xc, K if self.H == 1 else K[hi])
+            # NaN or inf: one FFT over the whole row spreads them over every output, exactly as
+            # scipy.signal.fftconvolve does; overlap-add would confine them to their blocks.
+            if self._K_direct is None:
+                self._K_direct = self._spectrum(self._k_time, self._n_direct)
+            n, K = self._n_direct, self._K_direct
+        if self.H != 1:
+            K = K[hi]
         if self.is_complex:
             X = sp_fft.fft(xc, n, axis=-1, workers=w)
             np.multiply(X, K, out=X)
@@ -322,8 +332,7 @@ class CPUConvPlan:
             xc = xin.astype(cdt, copy=False)
             if pregate is not None:
                 xc = xc * _widen(pregate[idx], bf16)
-            K = self._K if self.H == 1 else self._K[hi]
-            y = self._transform(xc, K)
+            y = self._transform(xc, hi)
             if postgate is not None:
                 y = y * _widen(postgate[idx], bf16)
             if skip is not None:

@@ -61,12 +61,10 @@ def decomposition(n):
     >>> decomposition(2048)
     (16, 16, 8)
     """
-    try:
-        return _DECOMPOSITIONS[n]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"n must be a power of two between 2 and 2**{MAX_LOG2}; got {n!r}"
-        ) from None
+    radices = _DECOMPOSITIONS.get(n) if type(n) is int else None
+    if radices is None:
+        raise ValueError(f"n must be a power of two between 2 and 2**{MAX_LOG2}; got {n!r}")
+    return radices
 
 
 def plan_fft_size(mode, L, Lk_eff):
@@ -103,5 +101,5 @@ def plan_fft_size(mode, L, Lk_eff):
 
 def is_table_size(n):
     """Whether ``n`` is a size of the table."""
-    return n in _DECOMPOSITIONS
+    return type(n) is int and n in _DECOMPOSITIONS
 

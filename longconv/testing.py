@@ -23,6 +23,7 @@ __all__ = [
     "assert_close",
     "nan_poison",
     "random_array",
+    "reference",
     "reference_convolve",
     "reference_fftconvolve",
     "relative_error",
@@ -200,6 +201,31 @@ def _conv_last_axis(x, k, mode, freq_keep):
         return _fold(y, L) if n != L else y
     s, m = _window(mode, L, Lk)
     return y[..., s:s + m]
+
+
+def reference(x, k, mode="causal", *, kernel_len=None, freq_keep=None, dtype=None):
+    """Float64 convolution along the last axis, in any mode of the backend protocol.
+
+    Parameters
+    ----------
+    x : array, shape (..., L)
+    k : array, shape (..., Lk)
+        Broadcasts against ``x`` over the leading axes.
+    mode : {"causal", "circular", "full", "same", "valid"}
+        Output ``t = 0 .. L_out-1`` of ``y[t] = sum_s k[s] x[t-s]``: causal ``t < L``;
+        full ``L + Lk - 1`` points; same centred on full (start ``(Lk-1)//2``, ``L`` points);
+        valid ``full[Lk-1 : L]``; circular ``x`` periodic with period ``L`` (``k`` folded
+        modulo ``L``).
+    kernel_len, freq_keep, dtype
+        As in :func:`reference_convolve`.
+    """
+    x, k = to_host(x, dtype), to_host(k, dtype)
+    if kernel_len is not None:
+        k = k[..., :kernel_len]
+    modes = ("causal", "circular", "full", "same", "valid")
+    if mode not in modes:
+        raise ValueError(f"mode must be one of {modes}; got {mode!r}")
+    return _conv_last_axis(x, k, mode, freq_keep)
 
 
 def reference_convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None,
