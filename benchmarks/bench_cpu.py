@@ -12,7 +12,8 @@ Methods, same inputs, same process:
 * ``scipy xN``: the same inside ``scipy.fft.set_workers(N)``, N = the usable cores;
 * ``longconv``: ``longconv.fftconvolve_long`` (full) or ``longconv.convolve`` (causal) with
   their defaults (threads: every usable core);
-* ``longconv x1``: the same with ``workers=1`` (single-thread algorithmic comparison).
+* ``longconv x1``: the same on one thread (``workers=1``; for causal, whose public function has
+  no ``workers`` argument, the CPU backend's plan with ``workers=1``).
 
 Every method's result is checked against the first one's (relative L2 error <= 1e-5 for
 float32, 1e-12 for float64). Times are medians of ``--repeat`` calls after one warm-up call.
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 
 import longconv  # noqa: E402
+from longconv import _cpu  # noqa: E402
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
@@ -77,14 +79,23 @@ def methods(mode: str, cores: int):
         with scipy.fft.set_workers(cores):
             return scipy_default(x, k)
 
-    def ours(**kwargs):
+    def ours(x, k):
         if mode == "causal":
-            return lambda x, k: longconv.convolve(x, k, **kwargs)
-        return lambda x, k: longconv.fftconvolve_long(x, k[None], mode="full", axes=-1,
-                                                      **kwargs)
+            return longconv.convolve(x, k)
+        return longconv.fftconvolve_long(x, k[None], mode="full", axes=-1)
+
+    def ours_one_thread(x, k):
+        if mode == "causal":
+            # convolve has no workers argument: call the CPU backend's plan directly
+            k2 = k.reshape(-1, k.shape[-1])
+            x3 = x.reshape(-1, k2.shape[0] if k2.shape[0] > 1 else 1, x.shape[-1])
+            plan = _cpu.make_conv_plan(k2, x.shape[-1], mode="causal", io_dtype=x.dtype.name,
+                                       workers=1)
+            return plan(x3).reshape(x.shape)
+        return longconv.fftconvolve_long(x, k[None], mode="full", axes=-1, workers=1)
 
     return [("scipy", scipy_default), (f"scipy x{cores}", scipy_threads),
-            ("longconv", ours()), ("longconv x1", ours(workers=1))]
+            ("longconv", ours), ("longconv x1", ours_one_thread)]
 
 
 def relative_error(y, ref) -> float:
