@@ -304,8 +304,11 @@ def _line_directive(line: int, name: str) -> str:
 
 
 def _assemble(family: str, root=None) -> tuple[str, tuple[str, ...]]:
-    if not _IDENT.match(family):
-        raise ValueError(f"family must be an identifier, got {family!r}")
+    stem, dot, ext = family.rpartition(".")
+    if not (dot and ext in ("cu", "cuh") and _IDENT.match(stem)) and not _IDENT.match(family):
+        raise ValueError(
+            f"family must be an identifier (or a file name like 'params.cuh'), got {family!r}"
+        )
     root = _default_root() if root is None else root
     once: set[str] = set()
     files: list[str] = []
@@ -347,7 +350,7 @@ def _assemble(family: str, root=None) -> tuple[str, tuple[str, ...]]:
             inline(header, (*stack, header), where)
             out.append(_line_directive(lineno + 1, relpath))
 
-    main = f"{family}.cu"
+    main = family if dot and ext in ("cu", "cuh") else f"{family}.cu"
     inline(main, (main,), None)
     return "\n".join(out) + "\n", tuple(files)
 
@@ -364,7 +367,9 @@ def load_source(family: str, *, root=None) -> str:
     Parameters
     ----------
     family : str
-        Kernel family (file stem in ``cuda_src/``).
+        Kernel family (file stem in ``cuda_src/``), or a file name with its
+        suffix (``"params.cuh"``) to load a header on its own, e.g. for
+        :func:`check_layout`.
     root : path-like or importlib.resources.abc.Traversable, optional
         Directory holding the sources.  Default: the installed
         ``longconv.cuda_src`` package, else ``cuda_src/`` beside the

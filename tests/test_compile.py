@@ -198,6 +198,16 @@ def test_include_may_not_leave_the_source_dir(tmp_path):
         lc.load_source("fam", root=tmp_path)
 
 
+def test_load_a_header_by_file_name(tmp_path):
+    write(tmp_path, "common.cuh", "#pragma once\nCOMMON\n")
+    write(tmp_path, "params.cuh", '#pragma once\n#include "common.cuh"\nPARAMS\n')
+    src = lc.load_source("params.cuh", root=tmp_path)
+    assert "COMMON" in src and "PARAMS" in src
+    for bad in ("params.h", "../params.cuh", "a.b.cu"):
+        with pytest.raises(ValueError):
+            lc.load_source(bad, root=tmp_path)
+
+
 def test_default_root_is_the_project_cuda_src():
     root = lc._default_root()
     assert root.joinpath("__init__.py").is_file()
@@ -394,10 +404,23 @@ def test_pack_params_rejects_bad_values():
         lc.pack_params(dt, p=-1, n=1)
 
 
+@needs_nvrtc
+def test_shipped_params_struct_matches_its_dtype():
+    """Hook: the fused kernels' ConvParams against longconv._fused.PARAMS_FIELDS."""
+    fused = pytest.importorskip("longconv._fused")
+    fields = getattr(fused, "PARAMS_FIELDS", None)
+    if fields is None:
+        pytest.skip("longconv._fused.PARAMS_FIELDS not defined yet")
+    for arch in ARCHS:
+        lc.check_layout(lc.load_source("params.cuh"), "ConvParams", lc.params_dtype(fields),
+                        arch=arch)
+
+
 # --------------------------------------------------------------------------
 # every shipped specialisation compiles for sm_80 and sm_90a (hook for the kernels)
 
 
+@pytest.mark.slow
 @needs_nvrtc
 def test_all_shipped_specializations_compile():
     kernels = pytest.importorskip("longconv._kernels")
@@ -528,6 +551,17 @@ def test_gpu_arch_comes_from_the_device(cupy, gpu_root):
     feat, arch = out.get().tolist()
     assert arch == info.cc[0] * 100 + info.cc[1] * 10
     assert feat == (1 if info.cc == (9, 0) else 0)
+
+
+@pytest.mark.gpu
+def test_gpu_template_kernel_by_name_expression(cupy, tmp_path):
+    write(tmp_path, "tmpl.cu",
+          "namespace lc {\ntemplate <int K> __global__ void put(int* out) { out[0] = K; }\n}\n")
+    key = KernelKey("tmpl", 8, "fp16")
+    out = cupy.zeros(1, dtype=cupy.int32)
+    for k in (3, 7):
+        lc.get_kernel(key, f"lc::put<{k}>", root=tmp_path)((1,), (1,), (out,))
+        assert int(out.get()[0]) == k
 
 
 @pytest.mark.gpu
