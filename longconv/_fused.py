@@ -157,6 +157,8 @@ class FusedPlan:
         Keep the filter's rfft bins ``j < ceil(freq_keep * (n // 2 + 1))``, zero the rest.
     """
 
+    backend = "fused"
+
     def __init__(self, k, L, *, mode, io_dtype, n=None, freq_keep=None):
         cupy = _cupy()
         if cupy is None:
@@ -183,7 +185,7 @@ class FusedPlan:
             raise NotImplementedError(
                 f"the fused kernels serve FFT sizes {FUSED_MIN_N}..{FUSED_MAX_N}, "
                 f"this problem needs {N}")
-        self.n = N
+        self.n = self.fft_size = N
         info = _compile.device_info()
         # Shared memory: 4 N bytes per pair. Budget half the SM (two blocks resident, the
         # kernel's __launch_bounds__ minimum) so loads of one block overlap compute of the other.
@@ -257,8 +259,16 @@ class FusedPlan:
             skip = cupy.asarray(skip, dtype=cupy.float32)
             skip = cupy.ascontiguousarray(cupy.broadcast_to(skip, (H,)))
         y = out if out is not None else cupy.empty((B, H, self.Lout), dtype=dt)
+        if y.shape != (B, H, self.Lout) or y.dtype != dt or not y.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {dt} array of shape {(B, H, self.Lout)}")
         if B == 0 or H == 0 or self.Lout == 0:
             return y
+        self.launch(*self.launch_args(x, pregate, postgate, skip, y))
+        return y
+
+    def launch_args(self, x, pregate, postgate, skip, y):
+        """(grid, shared memory bytes, packed params) of one launch on validated operands."""
+        B, H, L = (int(s) for s in x.shape)
         npairs = (B + 1) // 2
         pairs = min(self.max_pairs, npairs)
         # Enough tiles for every SM (two blocks each) before packing more pairs into a tile.
@@ -270,27 +280,43 @@ class FusedPlan:
         smem = 4 * self.n * pairs
         blocks_per_sm = max(1, min(2, self._info.smem_per_sm // (smem + 1024)))
         grid = int(min(n_tiles, sms * blocks_per_sm))
-        _compile.prepare(self._kernel, smem)
         params = _compile.pack_params(
             PARAMS_DTYPE, x=x, pregate=pregate, postgate=postgate, skip=skip, kspec=self._kspec,
             y=y, B=B, H=H, L=L, Lout=self.Lout, out_offset=self.out_offset, fold=self.fold,
             k_hstride=0 if self.Hk == 1 else self.n // 2, n_tiles=n_tiles,
             tiles_per_h=tiles_per_h, n=self.n, pairs=pairs)
+        return grid, smem, params
+
+    def launch(self, grid, smem, params):
+        """Launch on the current stream with arguments from :meth:`launch_args`."""
+        _compile.prepare(self._kernel, smem)
         self._kernel((grid,), (THREADS,), (params,), shared_mem=smem)
-        return y
 
 
-def make_plan(k, L, *, mode, io_dtype, n=None, freq_keep=None, **_unused):
-    """A :class:`FusedPlan`, or None when the fused kernels do not serve this problem."""
-    if _cupy() is None or _io_dtype_name(io_dtype) not in FUSED_ENTRY or mode not in MODES:
+def make_plan(k, L, *, mode, io_dtype, n=None, freq_keep=None, kernel_len=None, precision=None,
+              **_unused):
+    """A :class:`FusedPlan`, or None when the fused kernels do not serve this problem.
+
+    Served: a CUDA device with CuPy; fp16 / bf16 I/O (fp32 I/O only with ``precision="half"``);
+    real filters; FFT sizes 256 .. 32768 that fit the device's shared memory. ``n`` (given with
+    ``freq_keep``, from the shared size table) must be such a size, so every backend masks the
+    same spectrum.
+    """
+    io = _io_dtype_name(io_dtype)
+    if _cupy() is None or io not in FUSED_ENTRY or mode not in MODES:
         return None
-    Lk = int(k.shape[-1])
-    N = fft_size_for(mode, int(L), Lk)[0]
-    if n is not None:
-        N = max(N, int(n))
-    if not FUSED_MIN_N <= N <= FUSED_MAX_N or getattr(k, "dtype", np.float32).kind == "c":
+    if precision in ("single", "double") or (io == "float32" and precision != "half"):
+        return None
+    if getattr(k, "dtype", np.dtype(np.float32)).kind == "c":
+        return None
+    if kernel_len is not None:
+        k = k[..., :kernel_len]
+    N = fft_size_for(mode, int(L), int(k.shape[-1]))[0]
+    if n is not None and (n < N or n & (n - 1)):
+        return None
+    if not FUSED_MIN_N <= (N if n is None else n) <= FUSED_MAX_N:
         return None
     try:
-        return FusedPlan(k, L, mode=mode, io_dtype=io_dtype, n=n, freq_keep=freq_keep)
+        return FusedPlan(k, L, mode=mode, io_dtype=io, n=n, freq_keep=freq_keep)
     except NotImplementedError:
         return None

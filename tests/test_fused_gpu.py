@@ -1,0 +1,179 @@
+"""The fused tensor-core kernels against the float64 oracle (needs a CUDA device).
+
+Unit-scale random inputs, random full-length filters, O(1) gates, fresh data per test,
+NaN-poisoned outputs; tolerances from ``longconv.testing`` (fp16 1e-3, bf16 4e-3).
+"""
+
+import numpy as np
+import pytest
+
+import longconv
+from longconv import testing
+
+pytestmark = pytest.mark.gpu
+
+cp = pytest.importorskip("cupy")
+_fused = pytest.importorskip("longconv._fused")
+
+DTYPES = ("float16", "bfloat16")
+SIZES = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+
+
+def _xp_dtype(dtype):
+    return cp.uint16 if dtype == "bfloat16" else cp.dtype(dtype)
+
+
+def run_plan(rng, B, H, L, Lk, mode, dtype, *, gates=False, skip=False, freq_keep=None,
+             shared_filter=False):
+    x = testing.random_array(rng, (B, H, L), dtype, xp=cp)
+    k = rng.standard_normal((1 if shared_filter else H, Lk)).astype(np.float32)
+    plan = _fused.FusedPlan(cp.asarray(k), L, mode=mode, io_dtype=dtype, freq_keep=freq_keep)
+    kw = {}
+    if gates:
+        kw["pregate"] = testing.random_array(rng, (B, H, L), dtype, xp=cp)
+        kw["postgate"] = testing.random_array(rng, (B, H, plan.Lout), dtype, xp=cp)
+    if skip:
+        kw["skip"] = cp.asarray(rng.standard_normal(H).astype(np.float32))
+    x_before = x.copy()
+    out = testing.nan_poison((B, H, plan.Lout), dtype, xp=cp)
+    y = plan(x, out=out, **kw)
+    assert y is out
+    assert cp.array_equal(x, x_before), "the kernel modified its input"
+    testing.assert_all_written(y, dtype)
+    return x, k, plan, kw, y
+
+
+def oracle(x, k, mode, dtype, plan, pregate=None, postgate=None, skip=None, freq_keep=None):
+    xh = testing.to_host(x, dtype)
+    if pregate is not None:
+        xh = xh * testing.to_host(pregate, dtype)
+    kk = np.broadcast_to(k.astype(np.float64), (xh.shape[1], k.shape[1]))
+    if freq_keep is not None:
+        n = plan.n
+        keep = int(np.ceil(freq_keep * (n // 2 + 1)))
+        kf = np.fft.rfft(kk, n)
+        kf[..., keep:] = 0
+        y = np.fft.irfft(np.fft.rfft(xh, n) * kf, n)
+        y = y[..., plan.out_offset: plan.out_offset + plan.Lout]
+    else:
+        y = testing.reference(xh, kk, mode)
+    if postgate is not None:
+        y = y * testing.to_host(postgate, dtype)
+    if skip is not None:
+        y = y + cp.asnumpy(skip)[None, :, None] * testing.to_host(x, dtype)
+    return y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+def test_causal_every_fused_size(rng, dtype, n):
+    L = n // 2
+    B, H = 3, 5  # B odd: one sequence travels without a partner
+    x, k, plan, _, y = run_plan(rng, B, H, L, L, "causal", dtype)
+    assert plan.n == n
+    testing.assert_close(y, oracle(x, k, "causal", dtype, plan), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+def test_circular_every_fused_size(rng, dtype, n):
+    x, k, plan, _, y = run_plan(rng, 2, 3, n, n, "circular", dtype)
+    assert plan.n == n and plan.fold == 0
+    testing.assert_close(y, oracle(x, k, "circular", dtype, plan), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("L", [1, 2, 3, 97, 127, 129, 255, 257, 1000, 4095, 4097, 8191, 16383])
+def test_causal_awkward_lengths(rng, dtype, L):
+    Lk = max(1, L - 3) if L > 5 else L
+    x, k, plan, _, y = run_plan(rng, 5, 7, L, Lk, "causal", dtype)
+    testing.assert_close(y, oracle(x, k, "causal", dtype, plan), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("L, Lk", [(1000, 1000), (97, 300), (3000, 5), (100, 100), (5000, 12000)])
+def test_circular_folded_lengths(rng, dtype, L, Lk):
+    x, k, plan, _, y = run_plan(rng, 3, 2, L, Lk, "circular", dtype)
+    assert plan.fold == L
+    testing.assert_close(y, oracle(x, k, "circular", dtype, plan), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode, L, Lk", [("same", 1000, 301), ("same", 4096, 4096),
+                                         ("full", 700, 300), ("valid", 3000, 1001)])
+def test_windows(rng, dtype, mode, L, Lk):
+    x, k, plan, _, y = run_plan(rng, 2, 3, L, Lk, mode, dtype)
+    testing.assert_close(y, oracle(x, k, mode, dtype, plan), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode, L", [("causal", 2048), ("causal", 1000), ("circular", 4096),
+                                     ("same", 999)])
+def test_gates_and_skip(rng, dtype, mode, L):
+    x, k, plan, kw, y = run_plan(rng, 4, 6, L, L, mode, dtype, gates=True, skip=True)
+    testing.assert_close(y, oracle(x, k, mode, dtype, plan, **kw), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_shared_filter_and_freq_keep(rng, dtype):
+    x, k, plan, _, y = run_plan(rng, 4, 6, 2048, 2048, "causal", dtype, shared_filter=True,
+                                freq_keep=0.3)
+    testing.assert_close(y, oracle(x, k, "causal", dtype, plan, freq_keep=0.3), dtype)
+
+
+def test_fp32_io_with_half_precision(rng):
+    x, k, plan, _, y = run_plan(rng, 2, 3, 4096, 4096, "causal", "float32")
+    testing.assert_close(y, oracle(x, k, "causal", "float32", plan), "float16")
+
+
+def test_runs_on_the_current_stream(rng):
+    x = testing.random_array(rng, (4, 8, 4096), "float16", xp=cp)
+    k = cp.asarray(rng.standard_normal((8, 4096)).astype(np.float32))
+    plan = _fused.FusedPlan(k, 4096, mode="causal", io_dtype="float16")
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        y = plan(x)
+        stream.synchronize()
+    testing.assert_close(y, oracle(x, k.get(), "causal", "float16", plan), "float16")
+
+
+def test_public_api_dispatches_to_the_fused_kernel(rng):
+    L, H = 3000, 4
+    x = testing.random_array(rng, (2, H, L), "float16", xp=cp)
+    k = cp.asarray(rng.standard_normal((H, L)).astype(np.float32))
+    plan = longconv.LongConv(k, L, dtype="float16")
+    assert plan.backend == "fused"
+    y = plan(x)
+    assert isinstance(y, cp.ndarray) and y.dtype == cp.float16
+    testing.assert_close(y, testing.reference_convolve(x, k), "float16")
+    y2 = longconv.convolve(x, k)
+    testing.assert_close(y2, testing.reference_convolve(x, k), "float16")
+
+
+def test_beyond_the_fused_range_falls_back(rng):
+    L = 40000  # N = 65536 > 32768: the exact path serves it
+    x = testing.random_array(rng, (1, 2, L), "float16", xp=cp)
+    k = cp.asarray(rng.standard_normal((2, L)).astype(np.float32))
+    assert _fused.make_plan(k, L, mode="causal", io_dtype="float16") is None
+    with pytest.raises(NotImplementedError, match="FFT sizes"):
+        _fused.FusedPlan(k, L, mode="causal", io_dtype="float16")
+    y = longconv.convolve(x, k)
+    testing.assert_close(y, testing.reference_convolve(x, k), "float16")
+
+
+@pytest.mark.slow
+def test_64bit_offsets(rng):
+    # B * H * L > 2**31 elements: offsets past 2**31 must not wrap.
+    B, H, L = 4, 32769, 16384
+    assert B * H * L > 2**31
+    x = cp.asarray(rng.standard_normal((B, H, L), dtype=np.float32)).astype(cp.float16)
+    k = cp.asarray(rng.standard_normal((1, L)).astype(np.float32))
+    plan = _fused.FusedPlan(k, L, mode="causal", io_dtype="float16")
+    y = cp.full((B, H, L), cp.nan, dtype=cp.float16)
+    plan(x, out=y)
+    for b, h in [(B - 1, H - 1), (B - 1, H - 2), (0, 0), (2, 12345)]:
+        row = y[b, h]
+        assert bool(cp.isfinite(row).all())
+        ref = testing.reference(testing.to_host(x[b, h])[None], k.get().astype(np.float64),
+                                "causal")[0]
+        testing.assert_close(row, ref, "float16")
