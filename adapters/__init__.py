@@ -10,8 +10,8 @@ Each adapter is a module named after the library whose arrays it handles, exposi
     Where the data lives.
 ``to_backend(obj) -> (array, logical_dtype)``
     The data as an array of the backend's array module (``numpy.ndarray`` on the CPU,
-    ``cupy.ndarray`` on the GPU) and its logical dtype name (``"bfloat16"`` for bfloat16 data,
-    which travels as ``uint16`` bit patterns; otherwise the array's own dtype name).
+    ``cupy.ndarray`` on the GPU) and its logical dtype (the string ``"bfloat16"`` for bfloat16
+    data, which travels as ``uint16`` bit patterns; otherwise the array's own ``numpy.dtype``).
 ``from_backend(array, logical_dtype, like) -> obj``
     A backend array turned back into this kind (``like`` is the caller's input, for its device).
 

@@ -22,7 +22,7 @@ def device(obj):
 def to_backend(obj):
     cp = _cupy()
     arr = obj if isinstance(obj, cp.ndarray) else cp.asarray(obj)
-    return arr, arr.dtype.name
+    return arr, arr.dtype
 
 
 def from_backend(array, logical_dtype, like=None):

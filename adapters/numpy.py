@@ -19,7 +19,7 @@ def to_backend(obj):
     arr = np.asarray(obj)
     if arr.dtype.name == "bfloat16":
         return arr.view(np.uint16), "bfloat16"
-    return arr, arr.dtype.name
+    return arr, arr.dtype
 
 
 def from_backend(array, logical_dtype, like=None):

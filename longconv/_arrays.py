@@ -49,6 +49,20 @@ def to_backend(obj, adapter):
     return adapter.to_backend(obj)
 
 
+def dtype_name(dtype):
+    """Name of a logical dtype (``"bfloat16"`` or a NumPy dtype's name)."""
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        return "bfloat16"
+    return np.dtype(dtype).name
+
+
+def gpu_memory():
+    """Total memory of the current CUDA device in bytes."""
+    import cupy
+
+    return cupy.cuda.Device().mem_info[1]
+
+
 def xp_of(array):
     """The array module (``numpy`` or ``cupy``) of a backend array."""
     if isinstance(array, np.ndarray):

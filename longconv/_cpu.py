@@ -209,6 +209,9 @@ class CPUConvPlan:
         return nf if blocks < OA_GAIN * direct else None
 
     def _spectrum(self, k, n):
+        bins = n if self.is_complex else n // 2 + 1
+        _validate.check_fits_in_memory((k.shape[0], bins), np.dtype(self.cdtype).itemsize,
+                                       "the filter spectrum", _validate.host_memory(), "host")
         if self.is_complex:
             K = sp_fft.fft(k, n, axis=-1, workers=self.workers)
         else:

@@ -10,7 +10,7 @@ any FFT: CuPy's FFT would silently turn bfloat16 into float64, so it never sees 
 from __future__ import annotations
 
 from . import _validate
-from ._arrays import bf16_to_float32, float32_to_bf16
+from ._arrays import bf16_to_float32, float32_to_bf16, gpu_memory
 from ._cpu import compute_dtypes, fold, keep_bins, output_window
 
 BACKEND = "cupy"
@@ -32,12 +32,6 @@ def make_conv_plan(k, L, *, mode, n=None, freq_keep=None, kernel_len=None, preci
     """Backend protocol entry point; see :class:`CupyConvPlan` (``workers`` is ignored)."""
     return CupyConvPlan(k, L, mode=mode, n=n, freq_keep=freq_keep, kernel_len=kernel_len,
                         precision=precision, io_dtype=io_dtype)
-
-
-def device_memory():
-    """Total memory of the current CUDA device in bytes."""
-    cp = _cupy()
-    return cp.cuda.Device().mem_info[1]
 
 
 class CupyConvPlan:
@@ -90,6 +84,9 @@ class CupyConvPlan:
             self.n = _fast_len(need)
         self.fft_size = self.n
         self._fold_output = mode == "circular" and self.n != L
+        bins = self.n if self.is_complex else self.n // 2 + 1
+        _validate.check_fits_in_memory((self.H, bins), cp.dtype(self.cdtype).itemsize,
+                                       "the filter spectrum", gpu_memory(), "GPU")
         if self.is_complex:
             K = cp.fft.fft(k, self.n, axis=-1)
         else:
@@ -126,7 +123,7 @@ class CupyConvPlan:
         bf16 = self.io_dtype == "bfloat16"
         out_dt = cp.float32 if bf16 else cp.dtype(self.io_dtype)
         _validate.check_fits_in_memory((B, H, self.L_out), cp.dtype(out_dt).itemsize,
-                                       "the output", device_memory(), "GPU")
+                                       "the output", gpu_memory(), "GPU")
         out = cp.empty((B, H, self.L_out), dtype=out_dt)
         if skip is not None:
             skip = cp.broadcast_to(cp.asarray(skip).reshape(-1), (H,))[:, None]

@@ -162,9 +162,10 @@ class LongConv:
     def _set_k(self, k, shape=None):
         ad = _arrays.common_adapter({"k": k})
         arr, kdt = _arrays.to_backend(k, ad)
+        _validate.check_numeric_dtype(kdt, "k")
+        kdt = _arrays.dtype_name(kdt)
         if kdt == "uint16" and self.dtype == "bfloat16":
             kdt = "bfloat16"
-        _validate.check_numeric_dtype(kdt, "k")
         _validate.check_filter(arr.shape)
         if shape is not None and tuple(arr.shape) != shape:
             raise ValueError(
@@ -226,9 +227,10 @@ class LongConv:
         named = {"x": x, "pregate": pregate, "postgate": postgate, "skip": skip}
         ad = _arrays.common_adapter(named)
         xa, xdt = _arrays.to_backend(x, ad)
+        _validate.check_numeric_dtype(xdt, "x")
+        xdt = _arrays.dtype_name(xdt)
         if xdt == "uint16" and self.dtype == "bfloat16":
             xdt = "bfloat16"
-        _validate.check_numeric_dtype(xdt, "x")
         _validate.check_signal(xa.shape)
         _validate.check_call_length(xa.shape, self.length)
         _validate.check_filter_matches(xa.shape, self._k_shape)
@@ -241,9 +243,10 @@ class LongConv:
             if v is None:
                 continue
             a, adt = _arrays.to_backend(v, ad)
+            _validate.check_numeric_dtype(adt, name)
+            adt = _arrays.dtype_name(adt)
             if adt == "uint16" and xdt == "bfloat16":
                 adt = "bfloat16"
-            _validate.check_numeric_dtype(adt, name)
             if name == "skip":
                 _validate.check_skip(a.shape, xa.shape[-2] if xa.ndim >= 2 else 1)
             else:
@@ -261,6 +264,11 @@ class LongConv:
         if xa.size == 0:
             y = xp.empty(shape, dtype=np.uint16 if io == "bfloat16" else out_dt)
             return ad.from_backend(_arrays.to_device(y, data_device), io, x)
+        capacity = _validate.host_memory() if device == "cpu" else _arrays.gpu_memory()
+        where = "host" if device == "cpu" else "GPU"
+        _validate.check_fits_in_memory(shape, np.dtype(out_dt).itemsize, "the output",
+                                       capacity, where)
+        _validate.check_fits_in_memory(shape, xa.dtype.itemsize, "x", capacity, where)
         x3 = xp.ascontiguousarray(_arrays.to_device(xa, device).reshape(B, H, self.length))
         gates = {}
         for name in ("pregate", "postgate"):

@@ -171,6 +171,8 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     if isinstance(mode, str) and mode == "circular":
         axes_list = _validate.circular_axes(a1.shape, a2.shape, axes)
         if not axes_list:
+            _check_result_fits(np.broadcast_shapes(a1.shape, a2.shape),
+                               np.result_type(a1.dtype, a2.dtype), _arrays.device_of(a1))
             return a1 * a2
         _validate.check_one_axis(len(axes_list), "mode='circular'")
         return _one_axis(a1, a2, axes_list[0], mode, ad, precision, None, workers)
@@ -179,6 +181,8 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     if swap:
         a1, a2 = a2, a1
     if not axes_list:
+        _check_result_fits(np.broadcast_shapes(a1.shape, a2.shape),
+                           np.result_type(a1.dtype, a2.dtype), _arrays.device_of(a1))
         return _product_mode(a1 * a2, a1.shape, mode, xp)
     if len(axes_list) == 1:
         return _one_axis(a1, a2, axes_list[0], mode, ad, precision, None, workers)
@@ -233,7 +237,7 @@ def _one_axis(a1, a2, axis, mode, ad, precision, freq_keep, workers):
     Hdims, Bdims = S[i0:], S[:i0]
     H, B = math.prod(Hdims), math.prod(Bdims)
     device = _arrays.device_of(a1)
-    capacity = _validate.host_memory() if device == "cpu" else _gpu_capacity()
+    capacity = _capacity(device)
     L_out = {"full": L + Lk - 1, "same": L, "circular": L, "valid": L - Lk + 1}[mode]
     out_dt = np.dtype(io)
     _validate.check_fits_in_memory(S + (L_out,), out_dt.itemsize, "the output", capacity,
@@ -250,15 +254,22 @@ def _one_axis(a1, a2, axis, mode, ad, precision, freq_keep, workers):
     return ad.from_backend(xp.ascontiguousarray(xp.moveaxis(y, -1, axis)), io, a1)
 
 
-def _gpu_capacity():
-    from ._gpu_exact import device_memory
+def _capacity(device):
+    return _validate.host_memory() if device == "cpu" else _arrays.gpu_memory()
 
-    return device_memory()
+
+def _check_result_fits(shape, dtype, device):
+    _validate.check_fits_in_memory(shape, np.dtype(dtype).itemsize, "the output",
+                                   _capacity(device), "host" if device == "cpu" else "GPU")
 
 
 def _n_dim(a1, a2, axes, mode, precision, workers):
     """Convolution over several axes: SciPy itself on the host, cuFFT on the GPU."""
     io = _scipy_result_dtype(a1.dtype, a2.dtype)
+    s1, s2 = a1.shape, a2.shape
+    full = [max(s1[i], s2[i]) if i not in axes else s1[i] + s2[i] - 1 for i in range(a1.ndim)]
+    _check_result_fits(full, np.complex128 if np.dtype(io).itemsize > 4 else np.complex64,
+                       _arrays.device_of(a1))
     c1, c2 = _precision_dtype(a1.dtype, precision), _precision_dtype(a2.dtype, precision)
     if _arrays.xp_of(a1) is np:
         import scipy.signal

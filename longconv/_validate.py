@@ -208,7 +208,7 @@ def check_io_dtype(dtype, name="dtype"):
 
 def check_numeric_dtype(dtype, name):
     """Arrays of ``convolve`` and ``LongConv``: bool, integer, floating or complex numbers."""
-    if dtype == "bfloat16":
+    if isinstance(dtype, str) and dtype == "bfloat16":
         return
     if np.dtype(dtype).kind not in "biufc":
         raise TypeError(
@@ -241,10 +241,10 @@ def check_filter_matches(x_shape, k_shape):
     if len(k_shape) == 2 and k_shape[0] != 1:
         H = k_shape[0]
         if len(x_shape) < 2 or x_shape[-2] != H:
-            got = x_shape[-2] if len(x_shape) >= 2 else "no H axis"
+            got = f"with H={x_shape[-2]}" if len(x_shape) >= 2 else "with no H axis"
             raise ValueError(
                 f"k holds H={H} filters, so x must have shape (..., {H}, L); got x of shape "
-                f"{tuple(x_shape)} ({got})"
+                f"{tuple(x_shape)} {got}"
             )
 
 
