@@ -35,11 +35,6 @@ template <> __device__ __forceinline__ u32 pack2<LC_F16>(float lo, float hi) {
   asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   return r;
 }
-template <> __device__ __forceinline__ u32 pack2<LC_BF16>(float lo, float hi) {
-  u32 r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
 
 template <int T> __device__ __forceinline__ u16 from_f32(float f);
 template <> __device__ __forceinline__ u16 from_f32<LC_F16>(float f) { return f32_to_f16(f); }

@@ -26,14 +26,6 @@ template <> __device__ __forceinline__ void mma16816<LC_F16>(float (&d)[4], cons
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-template <> __device__ __forceinline__ void mma16816<LC_BF16>(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // B operand (n-tile t) of a matrix whose transpose's A fragment is m.
 __device__ __forceinline__ u32 bt0(const fragA& m, int t) { return t ? m.r[1] : m.r[0]; }
 __device__ __forceinline__ u32 bt1(const fragA& m, int t) { return t ? m.r[3] : m.r[2]; }

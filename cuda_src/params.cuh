@@ -18,4 +18,6 @@ struct ConvParams {
   i64 tiles_per_h;       // ceil(ceil(B / 2) / pairs)
   int n;                 // FFT size N (power of two, 256 .. 32768)
   int pairs;             // sequence pairs held in shared memory at once
+  int prescale;          // 1: scale each tile's input by a power of two so max |pregate * x| is ~1
+  float out_scale;       // the spectrum was stored times 1 / out_scale (a power of two)
 };

@@ -29,7 +29,7 @@ PARAMS_FIELDS = (
     ("y", "ptr"),
     ("B", "i64"), ("H", "i64"), ("L", "i64"), ("Lout", "i64"), ("out_offset", "i64"),
     ("fold", "i64"), ("k_hstride", "i64"), ("n_tiles", "i64"), ("tiles_per_h", "i64"),
-    ("n", "i32"), ("pairs", "i32"),
+    ("n", "i32"), ("pairs", "i32"), ("prescale", "i32"), ("out_scale", "f32"),
 )
 PARAMS_DTYPE = _compile.params_dtype(PARAMS_FIELDS)
 
@@ -199,8 +199,11 @@ class FusedPlan:
                 f"{info.smem_optin}")
         self.max_pairs = max(1, min(MAX_PAIRS, budget // per_pair))
         self.Hk = int(k.shape[0])
-        operand = "bf16" if self.io_dtype == "bfloat16" else "fp16"
-        self._kernel = _compile.get_kernel(fused_key(operand), FUSED_ENTRY[self.io_dtype])
+        self._kernel = _compile.get_kernel(fused_key(), FUSED_ENTRY[self.io_dtype])
+        # fp16 inputs are bounded by 65504 and read once; bf16 and fp32 inputs can exceed the
+        # fp16 operands' range, so each tile is scaled by a power of two (one more read of the
+        # tile, from L2).
+        self._prescale = int(self.io_dtype != "float16")
         self._info = info
         self.freq_keep = freq_keep
         self.update(k)
@@ -228,6 +231,11 @@ class FusedPlan:
             j = cupy.arange(N)
             spec = spec * (cupy.minimum(j, N - j) < keep)
         spec *= 1.0 / math.sqrt(N)
+        # Stored with max |K| in (1/2, 1]: the kernel's fp16 range bound assumes it; the power of
+        # two returns in the output multiplier.
+        peak = float(cupy.abs(spec).max())
+        self._out_scale = 2.0 ** math.ceil(math.log2(peak)) if 0 < peak < math.inf else 1.0
+        spec *= 1.0 / self._out_scale
         order = cupy.asarray(spectrum_order(N).reshape(-1))
         self._kspec = cupy.ascontiguousarray(spec[:, order].astype(cupy.complex64))
         return self
@@ -284,7 +292,8 @@ class FusedPlan:
             PARAMS_DTYPE, x=x, pregate=pregate, postgate=postgate, skip=skip, kspec=self._kspec,
             y=y, B=B, H=H, L=L, Lout=self.Lout, out_offset=self.out_offset, fold=self.fold,
             k_hstride=0 if self.Hk == 1 else self.n // 2, n_tiles=n_tiles,
-            tiles_per_h=tiles_per_h, n=self.n, pairs=pairs)
+            tiles_per_h=tiles_per_h, n=self.n, pairs=pairs, prescale=self._prescale,
+            out_scale=self._out_scale)
         return grid, smem, params
 
     def launch(self, grid, smem, params):

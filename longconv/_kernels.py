@@ -1,8 +1,8 @@
 """Every kernel specialisation longconv ships, for compile checks without a GPU.
 
-The fused convolution kernel is one translation unit per tensor-core operand kind: the FFT size,
-the I/O dtype's entry point, gating and the output window are run-time arguments, so two
-compilations per architecture serve every fused problem.
+The fused convolution kernel is one translation unit with one entry point per I/O dtype (its
+tensor-core operands are fp16 for all of them); the FFT size, gating and the output window are
+run-time arguments, so one compilation per architecture serves every fused problem.
 """
 
 from __future__ import annotations
@@ -19,18 +19,11 @@ FUSED_ENTRY = {"float16": "lc_fused_conv_f16", "bfloat16": "lc_fused_conv_bf16",
                "float32": "lc_fused_conv_f32"}
 
 
-def fused_key(operand: str, arch: str = "") -> KernelKey:
-    """Key of the fused convolution module whose tensor-core operands are ``operand``.
-
-    Parameters
-    ----------
-    operand : {"fp16", "bf16"}
-    arch : str, optional
-        Target architecture; empty for the current device.
-    """
-    return KernelKey("fused_conv", FUSED_MAX_N, operand, arch=arch)
+def fused_key(arch: str = "") -> KernelKey:
+    """Key of the fused convolution module (``arch`` empty: the current device's)."""
+    return KernelKey("fused_conv", FUSED_MAX_N, "fp16", arch=arch)
 
 
 def all_specializations() -> list[KernelKey]:
     """Keys of every shipped specialisation, without an architecture."""
-    return [fused_key("fp16"), fused_key("bf16")]
+    return [fused_key()]
