@@ -239,6 +239,7 @@ def machine_info() -> dict[str, str]:
         "git_sha": git_sha(),
         "cpu": cpu_model(),
         "cpu_cores": str(os.cpu_count()),
+        "load_avg_1min": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "",
         "gpu": gpu_name(),
         "python": platform.python_version(),
         "longconv": _dist_version("longconv"),

@@ -119,7 +119,8 @@ def main(argv=None) -> int:
     cores = usable_cores()
     info = _harness.machine_info()
     print(f"# {info['cpu']}, {cores} usable cores; numpy {info['numpy']}, scipy "
-          f"{info['scipy']}, longconv {info['longconv']} ({info['git_sha']})")
+          f"{info['scipy']}, longconv {info['longconv']} ({info['git_sha']}); load average "
+          f"{info['load_avg_1min']} at start")
     rows = []
     rng = np.random.default_rng(0)
     for name, xs, ks, dtype, mode in cases(args.quick):
