@@ -171,9 +171,11 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     if isinstance(mode, str) and mode == "circular":
         axes_list = _validate.circular_axes(a1.shape, a2.shape, axes)
         if not axes_list:
-            _check_result_fits(np.broadcast_shapes(a1.shape, a2.shape),
-                               np.result_type(a1.dtype, a2.dtype), _arrays.device_of(a1))
-            return a1 * a2
+            # in2 has length 1 along every axis: a product, in the dtype of an FFT convolution
+            io = _scipy_result_dtype(a1.dtype, a2.dtype)
+            _check_result_fits(np.broadcast_shapes(a1.shape, a2.shape), io,
+                               _arrays.device_of(a1))
+            return (a1 * a2).astype(io, copy=False)
         _validate.check_one_axis(len(axes_list), "mode='circular'")
         return _one_axis(a1, a2, axes_list[0], mode, ad, precision, None, workers)
     axes_list, swap = _validate.freq_conv_axes(a1.shape, a2.shape, mode, axes)
