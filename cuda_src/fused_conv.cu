@@ -6,7 +6,8 @@
 //
 // N = R * 256.  Monarch decomposition (kernel_spec.py identity 1), positions in place:
 //   outer stages (fp32, CUDA cores): radix r along stride S inside segments of length r S,
-//     X'[S k + q] = W_{rS}^(q k) / sqrt(r) * sum_p X[S p + q] W_r^(p k); R = r1 (<= 16) or r1 * 16
+//     X'[S k + q] = W_{rS}^(q k) / sqrt(r) * sum_p X[S p + q] W_r^(p k); R = r1 (<= 16) or r1 * 16.
+//     The twiddle of the stage next to the 256-point segments is folded into those (seg_consts).
 //   inner stage (tensor cores): every contiguous 256-point segment, forward, * K, inverse
 //     (inner256.cuh), in registers of one warp
 //   inverse outer stages mirrored: conj twiddles, inverse DFT_r, unnormalised
@@ -14,81 +15,108 @@
 // the unitary forward and unnormalised inverse give irfft(rfft(x) * rfft(k)).
 // Zero-skip: positions >= L are never loaded (the padding of a causal convolution) and only the
 // output window [out_offset, out_offset + Lout) is stored.
+//
+// Range: the tensor-core operands are fp16 for every I/O dtype (bf16 operands measured 5.0e-3
+// relative error on bf16 data; fp16 operands 1.7e-3). The forward stages are unitary and the host
+// stores the spectrum with max |K| <= 1 (the power of two returns in out_scale), so with max |x| ~ 1
+// every intermediate is bounded by sqrt(L) sqrt(N) <= 2^15 (Cauchy-Schwarz) and fits fp16. With
+// prescale, each tile's input is multiplied by 2^-e so its largest magnitude lies in [1, 2); fp16
+// inputs (|x| <= 65504, usually O(1)) skip that extra read.
 #include "params.cuh"
 #include "dft_small.cuh"
 #include "inner256.cuh"
 
-// The tensor-core operands are fp16 for every I/O dtype, bf16 included: bf16 operands (3 fewer
-// mantissa bits) measured 5.0e-3 relative error on bf16 data against ~2e-3 expected with fp16
-// operands, whose range the scaling below keeps safe.
 #define LC_MT LC_F16
-// Range. The forward stages are unitary and the spectrum is stored scaled to max |K| <= 1 (the
-// host folds the power of two into out_scale), so with max |x| ~ 1 every intermediate is bounded
-// by sqrt(L) * sqrt(N) <= 2^15 (Cauchy-Schwarz) and fits fp16. With prescale, each tile's input is
-// multiplied by 2^-e so its largest magnitude lies in [1, 2); fp16 inputs (|x| <= 65504, usually
-// O(1)) skip that read.
-
 #define LC_THREADS 256
 #define LC_WARPS (LC_THREADS / 32)
 
-// x and y of one tile: pair i of the tile is batch rows 2 (pair0 + i) and 2 (pair0 + i) + 1.
 struct tile_ctx {
-  i64 h, pair0, npairs_tile;
+  i64 h, pair0;
+  int npairs;       // sequence pairs in this tile; pair i is batch rows 2 (pair0 + i) and +1
   float in_scale;   // input multiplier (a power of two)
   float out_mult;   // output multiplier: out_scale / in_scale
-  u16* sm;  // pair i: real plane at sm + 2 N i, imaginary plane at sm + 2 N i + N
+  u16* sm;          // pair i: real plane at sm + 2 N i, imaginary plane at sm + 2 N i + N
 };
 
-// Forward outer stage of radix R, stride S, reading the input x (with pregate) from global memory.
-template <int R, int IO>
+// x_b * W^(k q) applied with a running power (drift ~ k ulp, k < 16).
+template <int R, bool INV>
+__device__ __forceinline__ void twiddle_column(float (&re)[R], float (&im)[R], int q, int m,
+                                               float scale) {
+  const cf w1 = unit_root(q, m, -1.f);
+  cf wk = cf{scale, 0.f};
+#pragma unroll
+  for (int k = 0; k < R; ++k) {
+    const cf v = INV ? cmulc(cf{re[k], im[k]}, wk) : cmul(cf{re[k], im[k]}, wk);
+    re[k] = v.re;
+    im[k] = v.im;
+    wk = cmul(wk, w1);
+  }
+}
+
+// First forward stage: radix R along stride S over the whole sequence, reading x (times pregate
+// and the tile scale) from global memory. TW: apply W_N^(q k) here (when the next stage is
+// another outer stage; otherwise the 256-point segments apply it).
+template <int R, bool TW, int IO>
 __device__ __forceinline__ void outer_first(const ConvParams& p, const tile_ctx& tc, int S) {
   const int n = p.n, cols = n / R;
   const float scale = rsqrtf((float)R) * tc.in_scale;
-  for (int w = threadIdx.x; w < tc.npairs_tile * cols; w += LC_THREADS) {
+  const int L = (int)p.L;
+  for (int w = threadIdx.x; w < tc.npairs * cols; w += LC_THREADS) {
     const int i = w / cols, q = w - i * cols;
-    const i64 b0 = 2 * (tc.pair0 + i), b1 = b0 + 1;
-    const bool has1 = b1 < p.B;
-    const i64 row0 = (b0 * p.H + tc.h) * p.L, row1 = (b1 * p.H + tc.h) * p.L;
+    const i64 b0 = 2 * (tc.pair0 + i);
+    const bool has1 = b0 + 1 < p.B;
+    const i64 row0 = (b0 * p.H + tc.h) * p.L, row1 = row0 + p.H * p.L;
     float re[R], im[R];
 #pragma unroll
     for (int k = 0; k < R; ++k) {
-      const i64 t = (i64)S * k + q;
-      float a = 0.f, b = 0.f;
-      if (t < p.L) {
-        a = load_io<IO>(p.x, row0 + t);
-        if (p.pregate) a *= load_io<IO>(p.pregate, row0 + t);
-        if (has1) {
-          b = load_io<IO>(p.x, row1 + t);
-          if (p.pregate) b *= load_io<IO>(p.pregate, row1 + t);
+      const int t = S * k + q;
+      re[k] = 0.f;
+      im[k] = 0.f;
+      if (t < L) {
+        re[k] = load_io<IO>(p.x, row0 + t);
+        if (has1) im[k] = load_io<IO>(p.x, row1 + t);
+      }
+    }
+    if (p.pregate) {
+#pragma unroll
+      for (int k = 0; k < R; ++k) {
+        const int t = S * k + q;
+        if (t < L) {
+          re[k] *= load_io<IO>(p.pregate, row0 + t);
+          if (has1) im[k] *= load_io<IO>(p.pregate, row1 + t);
         }
       }
-      re[k] = a;
-      im[k] = b;
     }
     dft<R, false>(re, im);
-    const cf w1 = unit_root(q, n, -1.f);
-    cf wk = cf{scale, 0.f};
-    u16* pr = tc.sm + (i64)2 * n * i;
+    if (TW) {
+      twiddle_column<R, false>(re, im, q, n, scale);
+    } else {
+#pragma unroll
+      for (int k = 0; k < R; ++k) {
+        re[k] *= scale;
+        im[k] *= scale;
+      }
+    }
+    u16* pr = tc.sm + 2 * n * i;
     u16* pi = pr + n;
 #pragma unroll
     for (int k = 0; k < R; ++k) {
-      const cf v = cmul(cf{re[k], im[k]}, wk);
       const int j = smem_index(S * k + q);
-      pr[j] = from_f32<LC_MT>(v.re);
-      pi[j] = from_f32<LC_MT>(v.im);
-      wk = cmul(wk, w1);
+      pr[j] = from_f32<LC_MT>(re[k]);
+      pi[j] = from_f32<LC_MT>(im[k]);
     }
   }
 }
 
-// Middle outer stage (radix 16, stride 256, segments of 4096), forward or inverse, smem to smem.
+// Middle stage (radix 16, stride 256, segments of 4096), forward or inverse, smem to smem, without
+// twiddle (the 256-point segments apply W_4096).
 template <bool INV> __device__ __forceinline__ void outer_mid(const ConvParams& p, const tile_ctx& tc) {
   const int n = p.n, cols = n / 16;
-  for (int w = threadIdx.x; w < tc.npairs_tile * cols; w += LC_THREADS) {
+  for (int w = threadIdx.x; w < tc.npairs * cols; w += LC_THREADS) {
     const int i = w / cols, col = w - i * cols;
-    const int seg = col >> 8, q = col & 255;
-    u16* pr = tc.sm + (i64)2 * n * i + seg * 4096;
+    u16* pr = tc.sm + 2 * n * i + (col >> 8) * 4096;
     u16* pi = pr + n;
+    const int q = col & 255;
     float re[16], im[16];
 #pragma unroll
     for (int k = 0; k < 16; ++k) {
@@ -96,67 +124,42 @@ template <bool INV> __device__ __forceinline__ void outer_mid(const ConvParams& 
       re[k] = to_f32<LC_MT>(pr[j]);
       im[k] = to_f32<LC_MT>(pi[j]);
     }
-    const cf w1 = unit_root(q, 4096, -1.f);
-    if (INV) {
-      cf wk = cf{1.f, 0.f};
+    dft<16, INV>(re, im);
+    const float scale = INV ? 1.f : 0.25f;
 #pragma unroll
-      for (int k = 0; k < 16; ++k) {
-        const cf v = cmulc(cf{re[k], im[k]}, wk);
-        re[k] = v.re;
-        im[k] = v.im;
-        wk = cmul(wk, w1);
-      }
-      dft<16, true>(re, im);
-#pragma unroll
-      for (int k = 0; k < 16; ++k) {
-        const int j = smem_index(256 * k + q);
-        pr[j] = from_f32<LC_MT>(re[k]);
-        pi[j] = from_f32<LC_MT>(im[k]);
-      }
-    } else {
-      dft<16, false>(re, im);
-      cf wk = cf{0.25f, 0.f};
-#pragma unroll
-      for (int k = 0; k < 16; ++k) {
-        const cf v = cmul(cf{re[k], im[k]}, wk);
-        const int j = smem_index(256 * k + q);
-        pr[j] = from_f32<LC_MT>(v.re);
-        pi[j] = from_f32<LC_MT>(v.im);
-        wk = cmul(wk, w1);
-      }
+    for (int k = 0; k < 16; ++k) {
+      const int j = smem_index(256 * k + q);
+      pr[j] = from_f32<LC_MT>(re[k] * scale);
+      pi[j] = from_f32<LC_MT>(im[k] * scale);
     }
   }
 }
 
-// Epilogue value for output j of batch row b: postgate, skip.
+// Epilogue of output j of one batch row: postgate, skip, store.
 template <int IO>
-__device__ __forceinline__ void emit(const ConvParams& p, i64 b, i64 h, i64 j, float v) {
-  const i64 o = (b * p.H + h) * p.Lout + j;
-  if (p.postgate) v *= load_io<IO>(p.postgate, o);
-  if (p.skip) v += p.skip[h] * load_io<IO>(p.x, (b * p.H + h) * p.L + j);
-  store_io<IO>(p.y, o, v);
+__device__ __forceinline__ void emit(const ConvParams& p, i64 orow, i64 xrow, i64 h, i64 j, float v) {
+  if (p.postgate) v *= load_io<IO>(p.postgate, orow + j);
+  if (p.skip) v += __ldg(p.skip + h) * load_io<IO>(p.x, xrow + j);
+  store_io<IO>(p.y, orow + j, v);
 }
 
-// Inverse of outer_first: conj twiddles, inverse DFT_R, then either the output window to global
+// Inverse of outer_first: (conj twiddles,) inverse DFT_R, then either the output window to global
 // memory or (fold) back to shared memory for the circular fold.
-template <int R, int IO>
+template <int R, bool TW, int IO>
 __device__ __forceinline__ void outer_last(const ConvParams& p, const tile_ctx& tc, int S) {
   const int n = p.n, cols = n / R;
-  for (int w = threadIdx.x; w < tc.npairs_tile * cols; w += LC_THREADS) {
+  for (int w = threadIdx.x; w < tc.npairs * cols; w += LC_THREADS) {
     const int i = w / cols, q = w - i * cols;
-    u16* pr = tc.sm + (i64)2 * n * i;
+    u16* pr = tc.sm + 2 * n * i;
     u16* pi = pr + n;
     float re[R], im[R];
-    const cf w1 = unit_root(q, n, -1.f);
-    cf wk = cf{1.f, 0.f};
 #pragma unroll
     for (int k = 0; k < R; ++k) {
       const int j = smem_index(S * k + q);
-      const cf v = cmulc(cf{to_f32<LC_MT>(pr[j]), to_f32<LC_MT>(pi[j])}, wk);
-      re[k] = v.re;
-      im[k] = v.im;
-      wk = cmul(wk, w1);
+      re[k] = to_f32<LC_MT>(pr[j]);
+      im[k] = to_f32<LC_MT>(pi[j]);
     }
+    if (TW) twiddle_column<R, true>(re, im, q, n, 1.f);
     dft<R, true>(re, im);
 #pragma unroll
     for (int k = 0; k < R; ++k) {
@@ -172,13 +175,17 @@ __device__ __forceinline__ void outer_last(const ConvParams& p, const tile_ctx& 
       }
       continue;
     }
-    const i64 b0 = 2 * (tc.pair0 + i), b1 = b0 + 1;
+    const i64 b0 = 2 * (tc.pair0 + i);
+    const bool has1 = b0 + 1 < p.B;
+    const i64 orow0 = (b0 * p.H + tc.h) * p.Lout, orow1 = orow0 + p.H * p.Lout;
+    const i64 xrow0 = (b0 * p.H + tc.h) * p.L, xrow1 = xrow0 + p.H * p.L;
+    const int off = (int)p.out_offset, lout = (int)p.Lout;
 #pragma unroll
     for (int k = 0; k < R; ++k) {
-      const i64 j = (i64)S * k + q - p.out_offset;
-      if (j >= 0 && j < p.Lout) {
-        emit<IO>(p, b0, tc.h, j, re[k]);
-        if (b1 < p.B) emit<IO>(p, b1, tc.h, j, im[k]);
+      const int j = S * k + q - off;
+      if (j >= 0 && j < lout) {
+        emit<IO>(p, orow0, xrow0, tc.h, j, re[k]);
+        if (has1) emit<IO>(p, orow1, xrow1, tc.h, j, im[k]);
       }
     }
   }
@@ -186,29 +193,34 @@ __device__ __forceinline__ void outer_last(const ConvParams& p, const tile_ctx& 
 
 // Circular fold for a circular length that is not an FFT size: y[j] = z[j] + z[j + fold].
 template <int IO> __device__ __forceinline__ void fold_store(const ConvParams& p, const tile_ctx& tc) {
-  const int n = p.n;
-  const i64 L = p.fold;
-  for (i64 w = threadIdx.x; w < tc.npairs_tile * L; w += LC_THREADS) {
-    const i64 i = w / L, j = w - i * L;
-    const u16* pr = tc.sm + (i64)2 * n * i;
+  const int n = p.n, L = (int)p.fold;
+  for (int i = 0; i < tc.npairs; ++i) {
+    const u16* pr = tc.sm + 2 * n * i;
     const u16* pi = pr + n;
-    const int j0 = smem_index((int)j), j1 = smem_index((int)(j + L));
-    const i64 b0 = 2 * (tc.pair0 + i), b1 = b0 + 1;
-    emit<IO>(p, b0, tc.h, j, to_f32<LC_MT>(pr[j0]) + to_f32<LC_MT>(pr[j1]));
-    if (b1 < p.B) emit<IO>(p, b1, tc.h, j, to_f32<LC_MT>(pi[j0]) + to_f32<LC_MT>(pi[j1]));
+    const i64 b0 = 2 * (tc.pair0 + i);
+    const bool has1 = b0 + 1 < p.B;
+    const i64 row0 = (b0 * p.H + tc.h) * p.L, row1 = row0 + p.H * p.L;
+    for (int j = threadIdx.x; j < L; j += LC_THREADS) {
+      const int j0 = smem_index(j), j1 = smem_index(j + L);
+      emit<IO>(p, row0, row0, tc.h, j, to_f32<LC_MT>(pr[j0]) + to_f32<LC_MT>(pr[j1]));
+      if (has1) emit<IO>(p, row1, row1, tc.h, j, to_f32<LC_MT>(pi[j0]) + to_f32<LC_MT>(pi[j1]));
+    }
   }
 }
 
 // Largest |pregate * x| of the tile, reduced over the block (every thread gets it).
 template <int IO> __device__ float tile_max_abs(const ConvParams& p, const tile_ctx& tc, float* red) {
   float m = 0.f;
-  const i64 rows = p.B - 2 * tc.pair0 < 2 * tc.npairs_tile ? p.B - 2 * tc.pair0 : 2 * tc.npairs_tile;
-  for (i64 w = threadIdx.x; w < rows * p.L; w += LC_THREADS) {
-    const i64 r = w / p.L, t = w - r * p.L;
-    const i64 o = ((2 * tc.pair0 + r) * p.H + tc.h) * p.L + t;
-    float v = load_io<IO>(p.x, o);
-    if (p.pregate) v *= load_io<IO>(p.pregate, o);
-    m = fmaxf(m, fabsf(v));
+  const i64 b0 = 2 * tc.pair0;
+  const int rows = (int)(p.B - b0 < 2 * tc.npairs ? p.B - b0 : 2 * tc.npairs);
+  const int L = (int)p.L;
+  for (int r = 0; r < rows; ++r) {
+    const i64 row = ((b0 + r) * p.H + tc.h) * p.L;
+    for (int t = threadIdx.x; t < L; t += LC_THREADS) {
+      float v = load_io<IO>(p.x, row + t);
+      if (p.pregate) v *= load_io<IO>(p.pregate, row + t);
+      m = fmaxf(m, fabsf(v));
+    }
   }
 #pragma unroll
   for (int s = 16; s > 0; s >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, s));
@@ -220,43 +232,65 @@ template <int IO> __device__ float tile_max_abs(const ConvParams& p, const tile_
   return m;
 }
 
-template <int IO> __device__ void run_first(const ConvParams& p, const tile_ctx& tc, int r1, int S1) {
+template <int IO, bool TW> __device__ void run_first(const ConvParams& p, const tile_ctx& tc, int r1, int S1) {
   switch (r1) {
-    case 1: outer_first<1, IO>(p, tc, S1); break;
-    case 2: outer_first<2, IO>(p, tc, S1); break;
-    case 4: outer_first<4, IO>(p, tc, S1); break;
-    case 8: outer_first<8, IO>(p, tc, S1); break;
-    default: outer_first<16, IO>(p, tc, S1); break;
+    case 1: outer_first<1, TW, IO>(p, tc, S1); break;
+    case 2: outer_first<2, TW, IO>(p, tc, S1); break;
+    case 4: outer_first<4, TW, IO>(p, tc, S1); break;
+    case 8: outer_first<8, TW, IO>(p, tc, S1); break;
+    default: outer_first<16, TW, IO>(p, tc, S1); break;
   }
 }
-template <int IO> __device__ void run_last(const ConvParams& p, const tile_ctx& tc, int r1, int S1) {
+template <int IO, bool TW> __device__ void run_last(const ConvParams& p, const tile_ctx& tc, int r1, int S1) {
   switch (r1) {
-    case 1: outer_last<1, IO>(p, tc, S1); break;
-    case 2: outer_last<2, IO>(p, tc, S1); break;
-    case 4: outer_last<4, IO>(p, tc, S1); break;
-    case 8: outer_last<8, IO>(p, tc, S1); break;
-    default: outer_last<16, IO>(p, tc, S1); break;
+    case 1: outer_last<1, TW, IO>(p, tc, S1); break;
+    case 2: outer_last<2, TW, IO>(p, tc, S1); break;
+    case 4: outer_last<4, TW, IO>(p, tc, S1); break;
+    case 8: outer_last<8, TW, IO>(p, tc, S1); break;
+    default: outer_last<16, TW, IO>(p, tc, S1); break;
+  }
+}
+
+// The 256-point segments of the tile: items (segment, pair), segment-major so a warp reuses its
+// segment constants and spectrum across the pairs.
+__device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& tc,
+                                          const block_tables& bt, const float4* kh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n = p.n, nseg = n >> 8;
+  // The outer stage next to the segments: radix nseg (<= 16, segment length N) or 16 (length 4096).
+  const int M = nseg <= 16 ? n : 4096;
+  seg_consts sc;
+  int cur = -1;
+  const int items = nseg * tc.npairs;
+  for (int it = warp; it < items; it += LC_WARPS) {
+    const int seg = it / tc.npairs, i = it - seg * tc.npairs;
+    if (seg != cur) {
+      sc.init(bt, p.wtab, seg & (M / 256 - 1), M, lane);
+      cur = seg;
+    }
+    u16* pr = tc.sm + 2 * n * i + 256 * seg;
+    conv_segment<LC_MT>(pr, pr + n, sc, bt, kh + seg * 32 * 4, lane);
   }
 }
 
 template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p) {
   extern __shared__ __align__(16) u16 smem[];
   __shared__ float red[LC_WARPS];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __shared__ __align__(16) block_tables bt;
   const int n = p.n, nseg = n >> 8;
   // Outer radices: r1 alone while N / 256 <= 16, else r1 then a radix-16 stage at stride 256.
   const int r1 = nseg <= 16 ? nseg : nseg / 16;
   const int S1 = n / r1;
+  const bool two = nseg > 16;
   const i64 npairs = (p.B + 1) / 2;
-
-  inner_consts<LC_MT> kc;
-  kc.init(lane);
+  bt.init();
+  __syncthreads();
 
   for (i64 tile = blockIdx.x; tile < p.n_tiles; tile += gridDim.x) {
     tile_ctx tc;
     tc.h = tile / p.tiles_per_h;
     tc.pair0 = (tile - tc.h * p.tiles_per_h) * p.pairs;
-    tc.npairs_tile = npairs - tc.pair0 < p.pairs ? npairs - tc.pair0 : p.pairs;
+    tc.npairs = (int)(npairs - tc.pair0 < p.pairs ? npairs - tc.pair0 : p.pairs);
     tc.sm = smem;
     tc.in_scale = 1.f;
     if (p.prescale) {
@@ -264,35 +298,23 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
       if (m > 0.f && m <= 3.0e38f) tc.in_scale = exp2f((float)-max(-100, min(100, ilogbf(m))));
     }
     tc.out_mult = p.out_scale / tc.in_scale;
-    const float4* kh = p.kspec + tc.h * p.k_hstride;
 
-    run_first<IO>(p, tc, r1, S1);
+    if (two) run_first<IO, true>(p, tc, r1, S1);
+    else run_first<IO, false>(p, tc, r1, S1);
     __syncthreads();
-    if (nseg > 16) {
+    if (two) {
       outer_mid<false>(p, tc);
       __syncthreads();
     }
-    // inner: items (segment, pair), segment-major so a warp reuses its spectrum across pairs
-    {
-      seg_spectrum ks;
-      int kseg = -1;
-      const int items = nseg * (int)tc.npairs_tile;
-      for (int it = warp; it < items; it += LC_WARPS) {
-        const int seg = it / (int)tc.npairs_tile, i = it - seg * (int)tc.npairs_tile;
-        if (seg != kseg) {
-          ks.load(kh + (i64)seg * 32 * 4, lane);
-          kseg = seg;
-        }
-        u16* pr = smem + (i64)2 * n * i + 256 * seg;
-        conv_segment<LC_MT>(pr, pr + n, kc, ks, lane);
-      }
-    }
+    inner_all(p, tc, bt, p.kspec + tc.h * p.k_hstride);
     __syncthreads();
-    if (nseg > 16) {
+    if (two) {
       outer_mid<true>(p, tc);
       __syncthreads();
+      run_last<IO, true>(p, tc, r1, S1);
+    } else {
+      run_last<IO, false>(p, tc, r1, S1);
     }
-    run_last<IO>(p, tc, r1, S1);
     if (p.fold) {
       __syncthreads();
       fold_store<IO>(p, tc);
@@ -301,7 +323,7 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
   }
 }
 
-// One entry point per I/O dtype; LC_MT (the tensor-core operand kind) is a compile-time define.
+// One entry point per I/O dtype.
 extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) lc_fused_conv_f16(const ConvParams p) {
   fused_conv<LC_F16>(p);
 }

@@ -7,6 +7,7 @@
 //   product:  P = D * K                                                   (K in fragment order)
 //   stage b': E[k2][q] = conj(W_256^(k2 q)) * sum_k3 P[k2][k3] G[k3][q]  (G = conj(F) * 4)
 //   stage a': y[p][q] = sum_k2 G[p][k2] E[k2][q]
+// with the neighbouring outer stage's twiddle folded into stages a and a' (seg_consts).
 // Complex products use planar real/imaginary fragments: (a + ib)(c + id) = ac - bd + i(ad + bc).
 #pragma once
 #include "mma.cuh"
@@ -15,38 +16,99 @@
 // ldmatrix rows (32 B apart) and the outer stages' column accesses are free of bank conflicts.
 __device__ __forceinline__ int smem_index(int j) { return j ^ (((j >> 6) & 1) << 3); }
 
-template <int T> struct inner_consts {
-  fragA fr, fi, nfi;  // forward DFT_16 / 4: real, imaginary, -imaginary (symmetric: its own transpose)
-  fragA gr, gi, ngi;  // inverse conj(DFT_16), unscaled
-  cf tw[2][4];        // W_256^(k2 q) at this thread's accumulator positions
+// Per-block tables in shared memory, one row per lane (see block_tables::init):
+//   fb, gb: the A fragments of F / 4 and G = conj(F) (stages b and b', packed fp16:
+//           re, im, -im for each), fbase: F at this lane's A-fragment positions in fp32,
+//   tw:     W_256^(k2 q) at this lane's accumulator positions.
+struct block_tables {
+  u32 fb[32][12];
+  u32 gb[32][12];
+  cf fbase[32][8];
+  cf tw[32][8];
 
-  __device__ __forceinline__ void init(int lane) {
-    const int g = lane >> 2, c = lane & 3;
+  __device__ void init() {
+    for (int lane = threadIdx.x; lane < 32; lane += blockDim.x) {
+      const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float re[2], im[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = g + 8 * (i & 1), col = 2 * c + h + 8 * (i >> 1);
+          const cf w = unit_root(row * col, 16, -1.f);
+          fbase[lane][2 * i + h] = w;
+          re[h] = w.re;
+          im[h] = w.im;
+        }
+        fb[lane][i] = pack2<LC_F16>(0.25f * re[0], 0.25f * re[1]);
+        fb[lane][4 + i] = pack2<LC_F16>(0.25f * im[0], 0.25f * im[1]);
+        fb[lane][8 + i] = pack2<LC_F16>(-0.25f * im[0], -0.25f * im[1]);
+        gb[lane][i] = pack2<LC_F16>(re[0], re[1]);
+        gb[lane][4 + i] = pack2<LC_F16>(-im[0], -im[1]);
+        gb[lane][8 + i] = pack2<LC_F16>(im[0], im[1]);
+      }
+#pragma unroll
+      for (int t = 0; t < 2; ++t)
+#pragma unroll
+        for (int d = 0; d < 4; ++d) {
+          const int k2 = g + 8 * (d >> 1), q = 2 * c + (d & 1) + 8 * t;
+          tw[lane][4 * t + d] = unit_root(k2 * q, 256, -1.f);
+        }
+    }
+  }
+};
+
+__device__ __forceinline__ void load_frags(const u32 (&src)[12], fragA& r, fragA& i, fragA& ni) {
+  const uint4* p = reinterpret_cast<const uint4*>(src);
+  const uint4 a = p[0], b = p[1], c = p[2];
+  r = fragA{{a.x, a.y, a.z, a.w}};
+  i = fragA{{b.x, b.y, b.z, b.w}};
+  ni = fragA{{c.x, c.y, c.z, c.w}};
+}
+
+// Constants of one segment. The twiddle of the outer stage next to this one,
+// W_M^(k (16 p + q)) on element (p, q) of row k of a stage with segment length M, splits into
+// W_M^(16 k p), a column scaling folded into stage a's matrix (a row scaling of stage a''s), and
+// W_M^(k q), folded into the 256-point twiddle. wtab holds W_4096^j, j < 4096 (M divides 4096).
+struct seg_consts {
+  fragA fr, fi, nfi;  // stage a:  F[k2][p] W_M^(16 k p) / 4
+  fragA gr, gi, ngi;  // stage a': conj(F[p][k2] W_M^(16 k p))
+  cf tw[2][4];        // W_256^(k2 q) W_M^(k q)
+
+  __device__ __forceinline__ void init(const block_tables& bt, const float2* __restrict__ wtab,
+                                       int k, int M, int lane) {
+    const int g = lane >> 2, c = lane & 3, step = 4096 / M;
+    auto w = [&](int j) {
+      const float2 v = __ldg(wtab + ((j & (M - 1)) * step));
+      return cf{v.x, v.y};
+    };
+    cf wcol[4], wrow[2];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) wcol[i] = w(16 * k * (2 * c + (i & 1) + 8 * (i >> 1)));
+    wrow[0] = w(16 * k * g);
+    wrow[1] = w(16 * k * (g + 8));
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int row = g + 8 * (i & 1);
-      float re[2], im[2];
+      cf a[2], b[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int col = 2 * c + h + 8 * (i >> 1);
-        const cf w = unit_root(row * col, 16, -1.f);
-        re[h] = w.re;
-        im[h] = w.im;
+        const cf f = bt.fbase[lane][2 * i + h];
+        a[h] = cmul(f, wcol[h + 2 * (i >> 1)]);
+        const cf r = cmul(f, wrow[i & 1]);
+        b[h] = cf{r.re, -r.im};
       }
-      fr.r[i] = pack2<T>(0.25f * re[0], 0.25f * re[1]);
-      fi.r[i] = pack2<T>(0.25f * im[0], 0.25f * im[1]);
-      nfi.r[i] = pack2<T>(-0.25f * im[0], -0.25f * im[1]);
-      gr.r[i] = pack2<T>(re[0], re[1]);
-      gi.r[i] = pack2<T>(-im[0], -im[1]);
-      ngi.r[i] = pack2<T>(im[0], im[1]);
+      fr.r[i] = pack2<LC_F16>(0.25f * a[0].re, 0.25f * a[1].re);
+      fi.r[i] = pack2<LC_F16>(0.25f * a[0].im, 0.25f * a[1].im);
+      nfi.r[i] = pack2<LC_F16>(-0.25f * a[0].im, -0.25f * a[1].im);
+      gr.r[i] = pack2<LC_F16>(b[0].re, b[1].re);
+      gi.r[i] = pack2<LC_F16>(b[0].im, b[1].im);
+      ngi.r[i] = pack2<LC_F16>(-b[0].im, -b[1].im);
     }
 #pragma unroll
     for (int t = 0; t < 2; ++t)
 #pragma unroll
-      for (int d = 0; d < 4; ++d) {
-        const int k2 = g + 8 * (d >> 1), q = 2 * c + (d & 1) + 8 * t;
-        tw[t][d] = unit_root(k2 * q, 256, -1.f);
-      }
+      for (int d = 0; d < 4; ++d)
+        tw[t][d] = cmul(bt.tw[lane][4 * t + d], w(k * (2 * c + (d & 1) + 8 * t)));
   }
 };
 
@@ -66,8 +128,9 @@ struct seg_spectrum {
 
 // Forward 256-point FFT, pointwise product with the spectrum, inverse FFT, in place on one segment.
 template <int T>
-__device__ __forceinline__ void conv_segment(u16* seg_re, u16* seg_im, const inner_consts<T>& kc,
-                                             const seg_spectrum& ks, int lane) {
+__device__ __forceinline__ void conv_segment(u16* seg_re, u16* seg_im, const seg_consts& kc,
+                                             const block_tables& bt, const float4* __restrict__ kseg,
+                                             int lane) {
   // ldmatrix.trans: tile m = lane / 8 is rows 8 (m >> 1) .. +7, columns 8 (m & 1) .. +7 of x[p][q];
   // the result is the A fragment of x^T, i.e. the B operand of x.
   const int m = lane >> 3, row = (lane & 7) + 8 * (m >> 1);
@@ -92,14 +155,19 @@ __device__ __forceinline__ void conv_segment(u16* seg_re, u16* seg_im, const inn
       ci.d[t][d] = v.im;
     }
 
-  // stage b: D = C F, then P = D * K
+  // stage b: D = C F, then P = D * K (the spectrum is re-read per pair from L1: holding it across
+  // pairs costs 16 registers and spills)
+  seg_spectrum ks;
+  ks.load(kseg, lane);
   fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
+  fragA mr, mi, mni;
+  load_frags(bt.fb[lane], mr, mi, mni);
   zero(cr);
   zero(ci);
-  mma_ab<T>(cr, ar, kc.fr);
-  mma_ab<T>(cr, ai, kc.nfi);
-  mma_ab<T>(ci, ar, kc.fi);
-  mma_ab<T>(ci, ai, kc.fr);
+  mma_ab<T>(cr, ar, mr);
+  mma_ab<T>(cr, ai, mni);
+  mma_ab<T>(ci, ar, mi);
+  mma_ab<T>(ci, ai, mr);
 #pragma unroll
   for (int t = 0; t < 2; ++t)
 #pragma unroll
@@ -112,12 +180,13 @@ __device__ __forceinline__ void conv_segment(u16* seg_re, u16* seg_im, const inn
   // stage b': E = P G, times conj(W)
   ar = to_a<T>(cr);
   ai = to_a<T>(ci);
+  load_frags(bt.gb[lane], mr, mi, mni);
   zero(cr);
   zero(ci);
-  mma_ab<T>(cr, ar, kc.gr);
-  mma_ab<T>(cr, ai, kc.ngi);
-  mma_ab<T>(ci, ar, kc.gi);
-  mma_ab<T>(ci, ai, kc.gr);
+  mma_ab<T>(cr, ar, mr);
+  mma_ab<T>(cr, ai, mni);
+  mma_ab<T>(ci, ar, mi);
+  mma_ab<T>(ci, ai, mr);
 #pragma unroll
   for (int t = 0; t < 2; ++t)
 #pragma unroll

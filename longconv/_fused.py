@@ -26,7 +26,7 @@ __all__ = ["FusedPlan", "PARAMS_FIELDS", "make_plan", "spectrum_order", "window"
 #: Mirror of ``struct ConvParams`` in ``cuda_src/params.cuh`` (same order).
 PARAMS_FIELDS = (
     ("x", "ptr"), ("pregate", "ptr"), ("postgate", "ptr"), ("skip", "ptr"), ("kspec", "ptr"),
-    ("y", "ptr"),
+    ("wtab", "ptr"), ("y", "ptr"),
     ("B", "i64"), ("H", "i64"), ("L", "i64"), ("Lout", "i64"), ("out_offset", "i64"),
     ("fold", "i64"), ("k_hstride", "i64"), ("n_tiles", "i64"), ("tiles_per_h", "i64"),
     ("n", "i32"), ("pairs", "i32"), ("prescale", "i32"), ("out_scale", "f32"),
@@ -120,6 +120,19 @@ def fft_size_for(mode: str, L: int, Lk: int) -> tuple[int, int, int, int]:
     return max(FUSED_MIN_N, _pow2_at_least(need)), off, lout, 0
 
 
+_WTAB = {}
+
+
+def _twiddle_table(cupy):
+    """W_4096^j = exp(-2 pi i j / 4096), j < 4096, complex64 on the current device (cached)."""
+    dev = cupy.cuda.runtime.getDevice()
+    tab = _WTAB.get(dev)
+    if tab is None:
+        j = np.arange(4096)
+        tab = _WTAB[dev] = cupy.asarray(np.exp(-2j * np.pi * j / 4096).astype(np.complex64))
+    return tab
+
+
 def _cupy():
     try:
         import cupy
@@ -200,6 +213,7 @@ class FusedPlan:
         self.max_pairs = max(1, min(MAX_PAIRS, budget // per_pair))
         self.Hk = int(k.shape[0])
         self._kernel = _compile.get_kernel(fused_key(), FUSED_ENTRY[self.io_dtype])
+        self._wtab = _twiddle_table(cupy)
         # fp16 inputs are bounded by 65504 and read once; bf16 and fp32 inputs can exceed the
         # fp16 operands' range, so each tile is scaled by a power of two (one more read of the
         # tile, from L2).
@@ -290,7 +304,8 @@ class FusedPlan:
         grid = int(min(n_tiles, sms * blocks_per_sm))
         params = _compile.pack_params(
             PARAMS_DTYPE, x=x, pregate=pregate, postgate=postgate, skip=skip, kspec=self._kspec,
-            y=y, B=B, H=H, L=L, Lout=self.Lout, out_offset=self.out_offset, fold=self.fold,
+            wtab=self._wtab, y=y, B=B, H=H, L=L, Lout=self.Lout, out_offset=self.out_offset,
+            fold=self.fold,
             k_hstride=0 if self.Hk == 1 else self.n // 2, n_tiles=n_tiles,
             tiles_per_h=tiles_per_h, n=self.n, pairs=pairs, prescale=self._prescale,
             out_scale=self._out_scale)

@@ -20,40 +20,46 @@ def dft(r, sign=-1):
     return np.exp(sign * 2j * np.pi * np.outer(j, j) / r)
 
 
-def outer_forward(z, size, r):
+def outer_forward(z, size, r, twiddle=True):
     """In-place outer stage on every segment of length `size` of z (last axis)."""
     s = size // r
     seg = z.reshape(*z.shape[:-1], -1, r, s)
     k, q = np.arange(r)[:, None], np.arange(s)[None, :]
-    tw = np.exp(-2j * np.pi * q * k / size) / np.sqrt(r)
+    tw = (np.exp(-2j * np.pi * q * k / size) if twiddle else 1) / np.sqrt(r)
     out = np.einsum("kp,...ps->...ks", dft(r), seg) * tw
     return out.reshape(z.shape)
 
 
-def outer_inverse(z, size, r):
+def outer_inverse(z, size, r, twiddle=True):
     s = size // r
     seg = z.reshape(*z.shape[:-1], -1, r, s)
     k, q = np.arange(r)[:, None], np.arange(s)[None, :]
-    seg = seg * np.exp(2j * np.pi * q * k / size)
+    if twiddle:
+        seg = seg * np.exp(2j * np.pi * q * k / size)
     return np.einsum("pk,...ks->...ps", dft(r, +1), seg).reshape(z.shape)
 
 
-def inner_conv(z, kl):
-    """Every 256-point segment: stages a, b, product, b', a' of inner256.cuh."""
+def inner_conv(z, kl, M):
+    """Every 256-point segment: stages a, b, product, b', a' of inner256.cuh, with the twiddle of
+    the neighbouring outer stage (segment length M) folded in as seg_consts does."""
     n = z.shape[-1]
     F = dft(16)
     k2, q = np.arange(16)[:, None], np.arange(16)[None, :]
-    tw = np.exp(-2j * np.pi * k2 * q / 256)
     order = _fused._inner_order()
     out = np.empty_like(z)
     for s in range(n // 256):
+        k = s % (M // 256)
+        p = np.arange(16)
+        Fa = F * np.exp(-2j * np.pi * 16 * k * p / M)[None, :]           # column scaling
+        Ga = (F * np.exp(-2j * np.pi * 16 * k * p / M)[:, None]).conj()  # row scaling
+        tw = np.exp(-2j * np.pi * k2 * q / 256) * np.exp(-2j * np.pi * k * q / M)
         X = z[..., 256 * s: 256 * (s + 1)].reshape(*z.shape[:-1], 16, 16)
-        C = (F / 4) @ X * tw
+        C = (Fa / 4) @ X * tw
         D = C @ (F / 4)
         K = np.empty((16, 16), complex)
         K[order % 16, order // 16] = kl[s]
         E = (D * K) @ F.conj() * tw.conj()
-        Y = F.conj() @ E
+        Y = Ga @ E
         out[..., 256 * s: 256 * (s + 1)] = Y.reshape(*z.shape[:-1], 256)
     return out
 
@@ -72,13 +78,14 @@ def model(x0, x1, k, mode):
     z[:L] = x0 + 1j * x1
     radices = _fused._outer_radices(n)
     size = n
-    for r in radices:
-        z = outer_forward(z, size, r)
+    for i, r in enumerate(radices):
+        z = outer_forward(z, size, r, twiddle=i < len(radices) - 1)
         size //= r
-    z = inner_conv(z, kl)
-    for r in reversed(radices):
+    M = 256 * radices[-1] if radices else 256
+    z = inner_conv(z, kl, M)
+    for i, r in reversed(list(enumerate(radices))):
         size *= r
-        z = outer_inverse(z, size, r)
+        z = outer_inverse(z, size, r, twiddle=i < len(radices) - 1)
     if fold:
         z = z[:fold] + z[fold: 2 * fold]
         return z.real, z.imag
