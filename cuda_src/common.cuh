@@ -79,3 +79,50 @@ __device__ __forceinline__ cf unit_root(int num, int den, float sign) {
   sincospif(2.0f * (float)m / (float)den, &s, &c);
   return cf{c, sign * s};
 }
+
+// Eight consecutive elements of an I/O array as fp32: one or two 16-byte loads when vec is set
+// (the caller guarantees alignment and i + 8 <= n), else guarded scalar loads (zero past n).
+template <int IO>
+__device__ __forceinline__ void load8(const void* p, i64 row, int i, int n, bool vec, float (&v)[8]) {
+  if (vec) {
+    if (IO == LC_F32) {
+      const float4* q = reinterpret_cast<const float4*>(reinterpret_cast<const float*>(p) + row + i);
+      const float4 a = __ldg(q), b = __ldg(q + 1);
+      v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+      v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+      const uint4 a = __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const u16*>(p) + row + i));
+      const u32 w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        v[2 * e] = to_f32<IO == LC_F32 ? LC_F16 : IO>((u16)(w[e] & 0xffffu));
+        v[2 * e + 1] = to_f32<IO == LC_F32 ? LC_F16 : IO>((u16)(w[e] >> 16));
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) v[e] = i + e < n ? load_io<IO>(p, row + i + e) : 0.f;
+}
+
+template <int IO>
+__device__ __forceinline__ void store8(void* p, i64 row, int i, int n, bool vec, const float (&v)[8]) {
+  if (vec) {
+    if (IO == LC_F32) {
+      float4* q = reinterpret_cast<float4*>(reinterpret_cast<float*>(p) + row + i);
+      q[0] = float4{v[0], v[1], v[2], v[3]};
+      q[1] = float4{v[4], v[5], v[6], v[7]};
+    } else {
+      u32 w[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        w[e] = (u32)from_f32<IO == LC_F32 ? LC_F16 : IO>(v[2 * e]) |
+               ((u32)from_f32<IO == LC_F32 ? LC_F16 : IO>(v[2 * e + 1]) << 16);
+      *reinterpret_cast<uint4*>(reinterpret_cast<u16*>(p) + row + i) = uint4{w[0], w[1], w[2], w[3]};
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    if (i + e < n) store_io<IO>(p, row + i + e, v[e]);
+}

@@ -5,8 +5,11 @@
 // one complex FFT serves two real sequences (the real-input saving, without an untangling step).
 //
 // N = R * 256.  Monarch decomposition (kernel_spec.py identity 1), positions in place:
-//   outer stages (fp32, CUDA cores): radix r along stride S inside segments of length r S,
-//     X'[S k + q] = W_{rS}^(q k) / sqrt(r) * sum_p X[S p + q] W_r^(p k); R = r1 (<= 16) or r1 * 16.
+//   outer stages: radix r along stride S inside segments of length r S,
+//     X'[S k + q] = W_{rS}^(q k) / sqrt(r) * sum_p X[S p + q] W_r^(p k),
+//     R <= 8: one stage of radix R in fp32 on the CUDA cores, reading x from global memory;
+//     R >= 16: radix r1 = R / 16 on the CUDA cores (a plain load when r1 = 1), then radix 16 at
+//     stride 256 on the tensor cores (stage16).
 //     The twiddle of the stage next to the 256-point segments is folded into those (seg_consts).
 //   inner stage (tensor cores): every contiguous 256-point segment, forward, * K, inverse
 //     (inner256.cuh), in registers of one warp
@@ -36,6 +39,7 @@ struct tile_ctx {
   float in_scale;   // input multiplier (a power of two)
   float out_mult;   // output multiplier: out_scale / in_scale
   u16* sm;          // pair i: real plane at sm + 2 N i, imaginary plane at sm + 2 N i + N
+  const block_tables* bt;
 };
 
 // x_b * W^(k q) applied with a running power (drift ~ k ulp, k < 16).
@@ -108,30 +112,85 @@ __device__ __forceinline__ void outer_first(const ConvParams& p, const tile_ctx&
   }
 }
 
-// Middle stage (radix 16, stride 256, segments of 4096), forward or inverse, smem to smem, without
-// twiddle (the 256-point segments apply W_4096).
-template <bool INV> __device__ __forceinline__ void outer_mid(const ConvParams& p, const tile_ctx& tc) {
-  const int n = p.n, cols = n / 16;
-  for (int w = threadIdx.x; w < tc.npairs * cols; w += LC_THREADS) {
-    const int i = w / cols, col = w - i * cols;
-    u16* pr = tc.sm + 2 * n * i + (col >> 8) * 4096;
-    u16* pi = pr + n;
-    const int q = col & 255;
-    float re[16], im[16];
+// Radix-16 stage at stride 256 on the tensor cores for every 4096-point segment of every pair.
+template <bool INV> __device__ __forceinline__ void mid_all(const ConvParams& p, const tile_ctx& tc) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n = p.n;
+  const int blocks = n / 256;  // 16-column blocks per plane
+  for (int it = warp; it < tc.npairs * blocks; it += LC_WARPS) {
+    const int i = it / blocks, b = it - i * blocks;
+    u16* re = tc.sm + 2 * n * i;
+    stage16<LC_MT, INV>(re, re + n, (b >> 4) * 4096 + (b & 15) * 16, *tc.bt, lane);
+  }
+}
+
+// Plain load of the tile into shared memory (the radix-1 first stage): x * pregate * in_scale,
+// zero past L, eight elements per thread.
+template <int IO> __device__ __forceinline__ void copy_in(const ConvParams& p, const tile_ctx& tc) {
+  const int n = p.n, L = (int)p.L, groups = n / 8;
+  const bool vec = p.vec_in;
+  for (int w = threadIdx.x; w < 2 * tc.npairs * groups; w += LC_THREADS) {
+    const int r = w / groups, t = 8 * (w - r * groups);  // r: batch row 2 pair + plane
+    const i64 b = 2 * tc.pair0 + r;
+    float v[8];
+    if (t < L && b < p.B) {
+      const i64 row = (b * p.H + tc.h) * p.L;
+      load8<IO>(p.x, row, t, L, vec, v);
+      if (p.pregate) {
+        float g[8];
+        load8<IO>(p.pregate, row, t, L, vec, g);
 #pragma unroll
-    for (int k = 0; k < 16; ++k) {
-      const int j = smem_index(256 * k + q);
-      re[k] = to_f32<LC_MT>(pr[j]);
-      im[k] = to_f32<LC_MT>(pi[j]);
-    }
-    dft<16, INV>(re, im);
-    const float scale = INV ? 1.f : 0.25f;
+        for (int e = 0; e < 8; ++e) v[e] *= g[e];
+      }
+    } else {
 #pragma unroll
-    for (int k = 0; k < 16; ++k) {
-      const int j = smem_index(256 * k + q);
-      pr[j] = from_f32<LC_MT>(re[k] * scale);
-      pi[j] = from_f32<LC_MT>(im[k] * scale);
+      for (int e = 0; e < 8; ++e) v[e] = 0.f;
     }
+    u32 q[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) q[e] = pack2<LC_MT>(v[2 * e] * tc.in_scale, v[2 * e + 1] * tc.in_scale);
+    u16* plane = tc.sm + n * r;  // pair r / 2, plane r % 2
+    *reinterpret_cast<uint4*>(plane + smem_index(t)) = uint4{q[0], q[1], q[2], q[3]};
+  }
+}
+
+// Plain store of the output window from shared memory (the radix-1 last stage).
+template <int IO> __device__ __forceinline__ void copy_out(const ConvParams& p, const tile_ctx& tc) {
+  const int n = p.n, lout = (int)p.Lout, off = (int)p.out_offset, groups = (lout + 7) / 8;
+  const bool vec = p.vec_out;
+  for (int w = threadIdx.x; w < 2 * tc.npairs * groups; w += LC_THREADS) {
+    const int r = w / groups, j = 8 * (w - r * groups);
+    const i64 b = 2 * tc.pair0 + r;
+    if (b >= p.B) continue;
+    const u16* plane = tc.sm + n * r;
+    float v[8];
+    if ((off & 7) == 0) {
+      const uint4 a = *reinterpret_cast<const uint4*>(plane + smem_index(j + off));
+      const u32 q[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        v[2 * e] = to_f32<LC_MT>((u16)(q[e] & 0xffffu)) * tc.out_mult;
+        v[2 * e + 1] = to_f32<LC_MT>((u16)(q[e] >> 16)) * tc.out_mult;
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        v[e] = to_f32<LC_MT>(plane[smem_index((j + e + off) & (n - 1))]) * tc.out_mult;
+    }
+    const i64 orow = (b * p.H + tc.h) * p.Lout;
+    if (p.postgate) {
+      float g[8];
+      load8<IO>(p.postgate, orow, j, lout, vec, g);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] *= g[e];
+    }
+    if (p.skip) {
+      float xs[8];
+      const float s = __ldg(p.skip + tc.h);
+      load8<IO>(p.x, (b * p.H + tc.h) * p.L, j, lout, vec, xs);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] += s * xs[e];
+    }
+    store8<IO>(p.y, orow, j, lout, vec, v);
   }
 }
 
@@ -192,7 +251,8 @@ __device__ __forceinline__ void outer_last(const ConvParams& p, const tile_ctx& 
 }
 
 // Circular fold for a circular length that is not an FFT size: y[j] = z[j] + z[j + fold].
-template <int IO> __device__ __forceinline__ void fold_store(const ConvParams& p, const tile_ctx& tc) {
+template <int IO>
+__device__ __forceinline__ void fold_store(const ConvParams& p, const tile_ctx& tc, float mult) {
   const int n = p.n, L = (int)p.fold;
   for (int i = 0; i < tc.npairs; ++i) {
     const u16* pr = tc.sm + 2 * n * i;
@@ -202,8 +262,9 @@ template <int IO> __device__ __forceinline__ void fold_store(const ConvParams& p
     const i64 row0 = (b0 * p.H + tc.h) * p.L, row1 = row0 + p.H * p.L;
     for (int j = threadIdx.x; j < L; j += LC_THREADS) {
       const int j0 = smem_index(j), j1 = smem_index(j + L);
-      emit<IO>(p, row0, row0, tc.h, j, to_f32<LC_MT>(pr[j0]) + to_f32<LC_MT>(pr[j1]));
-      if (has1) emit<IO>(p, row1, row1, tc.h, j, to_f32<LC_MT>(pi[j0]) + to_f32<LC_MT>(pi[j1]));
+      emit<IO>(p, row0, row0, tc.h, j, (to_f32<LC_MT>(pr[j0]) + to_f32<LC_MT>(pr[j1])) * mult);
+      if (has1)
+        emit<IO>(p, row1, row1, tc.h, j, (to_f32<LC_MT>(pi[j0]) + to_f32<LC_MT>(pi[j1])) * mult);
     }
   }
 }
@@ -253,8 +314,8 @@ template <int IO, bool TW> __device__ void run_last(const ConvParams& p, const t
 
 // The 256-point segments of the tile: items (segment, pair), segment-major so a warp reuses its
 // segment constants and spectrum across the pairs.
-__device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& tc,
-                                          const block_tables& bt, const float4* kh) {
+__device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& tc, const float4* kh) {
+  const block_tables& bt = *tc.bt;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n = p.n, nseg = n >> 8;
   // The outer stage next to the segments: radix nseg (<= 16, segment length N) or 16 (length 4096).
@@ -268,8 +329,8 @@ __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& t
       sc.init(bt, p.wtab, seg & (M / 256 - 1), M, lane);
       cur = seg;
     }
-    u16* pr = tc.sm + 2 * n * i + 256 * seg;
-    conv_segment<LC_MT>(pr, pr + n, sc, bt, kh + seg * 32 * 4, lane);
+    u16* re = tc.sm + 2 * n * i;
+    conv_segment<LC_MT>(re, re + n, 256 * seg, sc, bt, kh + seg * 32 * 4, lane);
   }
 }
 
@@ -278,10 +339,11 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
   __shared__ float red[LC_WARPS];
   __shared__ __align__(16) block_tables bt;
   const int n = p.n, nseg = n >> 8;
-  // Outer radices: r1 alone while N / 256 <= 16, else r1 then a radix-16 stage at stride 256.
-  const int r1 = nseg <= 16 ? nseg : nseg / 16;
+  // Outer radices: R = N / 256 <= 8 in one CUDA-core stage; else r1 = R / 16 (CUDA cores, or a
+  // plain copy when 1) then the tensor-core radix-16 stage at stride 256.
+  const bool mid = nseg >= 16;
+  const int r1 = mid ? nseg / 16 : nseg;
   const int S1 = n / r1;
-  const bool two = nseg > 16;
   const i64 npairs = (p.B + 1) / 2;
   bt.init();
   __syncthreads();
@@ -292,6 +354,7 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
     tc.pair0 = (tile - tc.h * p.tiles_per_h) * p.pairs;
     tc.npairs = (int)(npairs - tc.pair0 < p.pairs ? npairs - tc.pair0 : p.pairs);
     tc.sm = smem;
+    tc.bt = &bt;
     tc.in_scale = 1.f;
     if (p.prescale) {
       const float m = tile_max_abs<IO>(p, tc, red);
@@ -299,25 +362,33 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
     }
     tc.out_mult = p.out_scale / tc.in_scale;
 
-    if (two) run_first<IO, true>(p, tc, r1, S1);
+    if (r1 == 1) copy_in<IO>(p, tc);
+    else if (mid) run_first<IO, true>(p, tc, r1, S1);
     else run_first<IO, false>(p, tc, r1, S1);
     __syncthreads();
-    if (two) {
-      outer_mid<false>(p, tc);
+    if (mid) {
+      mid_all<false>(p, tc);
       __syncthreads();
     }
-    inner_all(p, tc, bt, p.kspec + tc.h * p.k_hstride);
+    inner_all(p, tc, p.kspec + tc.h * p.k_hstride);
     __syncthreads();
-    if (two) {
-      outer_mid<true>(p, tc);
+    if (mid) {
+      mid_all<true>(p, tc);
       __syncthreads();
-      run_last<IO, true>(p, tc, r1, S1);
-    } else {
-      run_last<IO, false>(p, tc, r1, S1);
     }
-    if (p.fold) {
-      __syncthreads();
-      fold_store<IO>(p, tc);
+    if (r1 == 1) {
+      if (p.fold) {
+        fold_store<IO>(p, tc, tc.out_mult);
+      } else {
+        copy_out<IO>(p, tc);
+      }
+    } else {
+      if (mid) run_last<IO, true>(p, tc, r1, S1);
+      else run_last<IO, false>(p, tc, r1, S1);
+      if (p.fold) {
+        __syncthreads();
+        fold_store<IO>(p, tc, 1.f);
+      }
     }
     __syncthreads();
   }

@@ -12,9 +12,13 @@
 #pragma once
 #include "mma.cuh"
 
-// Halfword index of position j inside a pair's plane: 16 B chunks are XOR-swizzled by bit 6 so that
-// ldmatrix rows (32 B apart) and the outer stages' column accesses are free of bank conflicts.
-__device__ __forceinline__ int smem_index(int j) { return j ^ (((j >> 6) & 1) << 3); }
+// Halfword index of position j inside a pair's plane. The 16 B chunk bits (3..5) are XORed with
+// bits 6 and 8..10 so that every access pattern is free of bank conflicts: ldmatrix rows 32 B apart
+// (the 256-point segments: rows differ in bits 4..6), rows 512 B apart (the radix-16 stage at
+// stride 256: bits 8..10) and the CUDA-core stages' runs of consecutive positions.
+__device__ __forceinline__ int smem_index(int j) {
+  return j ^ (((((j >> 6) ^ (j >> 8)) & 1) | ((j >> 8) & 6)) << 3);
+}
 
 // Per-block tables in shared memory, one row per lane (see block_tables::init):
 //   fb, gb: the A fragments of F / 4 and G = conj(F) (stages b and b', packed fp16:
@@ -127,16 +131,51 @@ struct seg_spectrum {
 };
 
 // Forward 256-point FFT, pointwise product with the spectrum, inverse FFT, in place on one segment.
+// B operand (the A fragment of x^T) of the 16 x 16 block x[p][q] at positions base + stride p + q:
+// ldmatrix tile m = lane / 8 is rows 8 (m >> 1) .. +7, columns 8 (m & 1) .. +7.
+__device__ __forceinline__ fragA load_block_bt(const u16* plane, int base, int stride, int lane) {
+  const int m = lane >> 3, row = (lane & 7) + 8 * (m >> 1);
+  return ldmatrix_x4_trans(smem_addr(plane + smem_index(base + stride * row + 8 * (m & 1))));
+}
+
+// Store a 16 x 16 accumulator y[r][q] to positions base + stride r + q (pairs of adjacent q).
 template <int T>
-__device__ __forceinline__ void conv_segment(u16* seg_re, u16* seg_im, const seg_consts& kc,
+__device__ __forceinline__ void store_block(u16* plane, int base, int stride, const fragC& y, int lane) {
+  const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int j = smem_index(base + stride * (g + 8 * h) + 2 * c + 8 * t);
+      *reinterpret_cast<u32*>(plane + j) = pack2<T>(y.d[t][2 * h], y.d[t][2 * h + 1]);
+    }
+}
+
+// Radix-16 stage at stride 256 on the tensor cores, in place on the 16 x 16 block of columns
+// base .. base + 15 of a 4096-point segment, without twiddle (the 256-point segments apply
+// W_4096): forward X'[k][q] = sum_p F[k][p] / 4 X[p][q], inverse X[p][q] = sum_k G[p][k] X'[k][q].
+template <int T, bool INV>
+__device__ __forceinline__ void stage16(u16* re, u16* im, int base, const block_tables& bt, int lane) {
+  const fragA xr = load_block_bt(re, base, 256, lane), xi = load_block_bt(im, base, 256, lane);
+  fragA mr, mi, mni;
+  load_frags(INV ? bt.gb[lane] : bt.fb[lane], mr, mi, mni);
+  fragC cr, ci;
+  zero(cr);
+  zero(ci);
+  mma_ab<T>(cr, mr, xr);
+  mma_ab<T>(cr, mni, xi);
+  mma_ab<T>(ci, mr, xi);
+  mma_ab<T>(ci, mi, xr);
+  store_block<T>(re, base, 256, cr, lane);
+  store_block<T>(im, base, 256, ci, lane);
+}
+
+// The segment at positions base .. base + 255 of the planes re, im.
+template <int T>
+__device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const seg_consts& kc,
                                              const block_tables& bt, const float4* __restrict__ kseg,
                                              int lane) {
-  // ldmatrix.trans: tile m = lane / 8 is rows 8 (m >> 1) .. +7, columns 8 (m & 1) .. +7 of x[p][q];
-  // the result is the A fragment of x^T, i.e. the B operand of x.
-  const int m = lane >> 3, row = (lane & 7) + 8 * (m >> 1);
-  const int off = smem_index(row * 16 + 8 * (m & 1));
-  const fragA xr = ldmatrix_x4_trans(smem_addr(seg_re + off));
-  const fragA xi = ldmatrix_x4_trans(smem_addr(seg_im + off));
+  const fragA xr = load_block_bt(re, base, 16, lane), xi = load_block_bt(im, base, 16, lane);
 
   // stage a: C = F x
   fragC cr, ci;
@@ -205,14 +244,6 @@ __device__ __forceinline__ void conv_segment(u16* seg_re, u16* seg_im, const seg
   mma_ab<T>(ci, kc.gr, ei);
   mma_ab<T>(ci, kc.gi, er);
 
-  // y[p][q] at p = g + 8 (d >> 1), q = 2c + (d & 1) + 8t: store pairs of adjacent q.
-  const int g = lane >> 2, c = lane & 3;
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int j = smem_index((g + 8 * h) * 16 + 2 * c + 8 * t);
-      *reinterpret_cast<u32*>(seg_re + j) = pack2<T>(cr.d[t][2 * h], cr.d[t][2 * h + 1]);
-      *reinterpret_cast<u32*>(seg_im + j) = pack2<T>(ci.d[t][2 * h], ci.d[t][2 * h + 1]);
-    }
+  store_block<T>(re, base, 16, cr, lane);
+  store_block<T>(im, base, 16, ci, lane);
 }

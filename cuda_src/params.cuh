@@ -20,5 +20,7 @@ struct ConvParams {
   int n;                 // FFT size N (power of two, 256 .. 32768)
   int pairs;             // sequence pairs held in shared memory at once
   int prescale;          // 1: scale each tile's input by a power of two so max |pregate * x| is ~1
+  int vec_in;            // 1: rows of x and pregate are 16-byte aligned runs of whole 8-element groups
+  int vec_out;           // 1: the same for y, postgate and the skip's x at the output window
   float out_scale;       // the spectrum was stored times 1 / out_scale (a power of two)
 };
