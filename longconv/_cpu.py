@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 
 import numpy as np
 import scipy.fft as sp_fft
@@ -19,28 +20,45 @@ from . import _validate
 
 BACKEND = "cpu"
 
-# Working-set size of one chunk (spectra and time-domain blocks of the rows in flight).
-# Measured on x (16, 64, 65536) * k (64, 65536), full mode, 2 cores: 1 MiB chunks -> 1.10 s,
-# 4 MiB -> 1.05 s, 16 MiB -> 1.08 s, 64 MiB -> 1.21 s, whole batch -> 1.9 s (float64);
-# small chunks keep the multiply and the copies in cache, but too few rows per call
-# starve the threads. 8 MiB sits in the flat part of the curve.
+# Measurements below: one Intel Xeon server (16 cores) pinned to 2 of its cores, best of
+# two calls after a warm-up; "w1"/"w2" = 1 or 2 workers; scipy = scipy.signal.fftconvolve (one
+# thread, as users call it).
+
+# Bytes of temporaries (time-domain rows and spectra) a chunk of rows may use. Short rows get
+# many rows per chunk, long rows few (see ROWS_PER_WORKER): the batch is never transformed
+# whole, so beyond input and output only a few chunks of scratch are live, and the multiply and
+# the copies run on data that was just touched. scipy on the whole batch of x (16, 64, 65536)
+# float64 allocates ~4 GiB of temporaries for a 0.5 GiB input.
 CHUNK_BYTES = 8 << 20
 
-# Overlap-add block FFT size, as a multiple of the filter length: cost per output sample is
-# ~ nf*log2(nf) / (nf - Lk + 1); the minimum of that model is at nf ~ 8 Lk, and caches favour
-# smaller blocks. Measured on x (8, 2**22) * k (4097,), float64, 2 threads: nf = 16384 -> 0.62 s,
-# 32768 -> 0.55 s, 65536 -> 0.57 s, 131072 -> 0.66 s; one FFT of the whole row -> 1.5 s.
+# pocketfft transforms several rows at once with SIMD (4-8 float64 or 8-16 float32 rows) and
+# splits a batch between threads by rows, so each thread needs that many rows per call.
+# x (16, 64, 65536) * k (64, 65536), w2, seconds: rows per worker 8 vs 16: float32 full 1.006
+# vs 0.965, causal 0.733 vs 0.894; float64 full 2.304 vs 1.993, causal 2.135 vs 2.300
+# (differences within run-to-run noise; 8 keeps the scratch smaller).
+ROWS_PER_WORKER = 8
+
+# Overlap-add block FFT size, as a multiple of the filter length. Cost per output sample
+# ~ nf*log2(nf) / (nf - Lk + 1) has its minimum between 8 and 16 Lk; smaller blocks stay in
+# cache. x (8, 2**22) * k (4097,), seconds, w1 / w2 (scipy 0.769 | 0.804 | 1.380 | 1.517):
+#                          float32 full  float32 causal  float64 full  float64 causal
+#   one FFT per row         0.678/0.447   0.651/0.419     1.260/0.950   1.212/0.796
+#   nf = 8 Lk  (32805)      0.484/0.382   0.403/0.333     0.896/0.708   0.800/0.612
+#   nf = 16 Lk (65610)      0.572/0.325   0.442/0.302     0.928/0.713   0.846/0.627
 OA_BLOCK_FACTOR = 8
-# Overlap-add is used when its modelled cost is below this fraction of one big FFT's (the
-# model ignores that big FFTs also leave the cache, so the threshold errs towards overlap-add).
+# Overlap-add is used when its modelled cost is below this fraction of one big FFT's; the model
+# ignores that a big FFT also leaves the cache, so the margin only guards against choosing
+# blocks barely shorter than the row.
 OA_GAIN = 0.8
 
 
 def default_workers():
     """Threads used when ``workers=None``: every CPU this process may run on.
 
-    The FFTs of a batch are independent, so threads scale almost linearly (x (16, 64, 65536)
-    float64 full: 1 worker 2.02 s, 2 workers 1.05 s on a 2-core machine).
+    The rows of a batch are independent FFTs, so the work splits across threads, like BLAS
+    uses every core by default. On 2 cores, x (16, 64, 65536) * k (64, 65536): float32 full
+    1.336 s on 1 worker, 1.006 s on 2; float64 causal 2.806 s and 2.135 s. Pass ``workers=1``
+    where the process runs beside others (a pool of processes, a busy server).
     """
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -148,6 +166,7 @@ class CPUConvPlan:
         self.precision = precision
         self._n_requested = n
         self._complex_io = io_dtype in ("complex64", "complex128")
+        self._tls = threading.local()
         self._set_filter(k, kernel_len)
 
     # -- filter ---------------------------------------------------------------------------
@@ -226,52 +245,77 @@ class CPUConvPlan:
 
     # -- convolution ----------------------------------------------------------------------
 
-    def _transform(self, xc, hi):
-        """Linear (or cyclic at n = L) convolution of rows ``xc`` (..., L) with the filters
-        ``hi`` (a slice of the filter bank, or all of it).
+    def _scratch(self, shape, dtype):
+        """A zero-initialised buffer of ``shape``, reused across chunks and calls (per thread).
 
-        Returns the window [start, start + L_out) of the result.
+        Only the leading part of each row is ever written (the signal), so the zero padding
+        the FFT needs is paid once instead of once per chunk.
         """
-        n, w, K = self.n, self.workers, self._K
+        cache = self._tls.__dict__.setdefault("buffers", {})
+        key = (shape, np.dtype(dtype).str)
+        buf = cache.get(key)
+        if buf is None:
+            if len(cache) >= 4:
+                cache.clear()
+            buf = cache[key] = np.zeros(shape, dtype=dtype)
+        return buf
+
+    def _fft_conv(self, buf, K, n):
+        """Circular convolution of the rows of ``buf`` (..., n) with spectra ``K``."""
+        w = self.workers
+        if self.is_complex:
+            X = sp_fft.fft(buf, axis=-1, workers=w)
+            np.multiply(X, K, out=X)
+            return sp_fft.ifft(X, n, axis=-1, workers=w, overwrite_x=True)
+        X = sp_fft.rfft(buf, axis=-1, workers=w)
+        np.multiply(X, K, out=X)
+        return sp_fft.irfft(X, n, axis=-1, workers=w, overwrite_x=True)
+
+    def _load(self, buf, xin, pregate):
+        """Write ``pregate * xin`` into the leading ``L`` points of the rows of ``buf``."""
+        view = buf[..., :self.L]
+        np.copyto(view, xin, casting="unsafe")
+        if pregate is not None:
+            np.multiply(view, pregate, out=view, casting="unsafe")
+        return view
+
+    def _transform(self, xin, hi, pregate, cdt):
+        """Convolution of rows ``xin`` (..., L) (gated by ``pregate``) with the filters ``hi``
+        (a slice of the filter bank). Returns the window [start, start + L_out)."""
+        K = self._K if self.H == 1 else self._K[hi]
+        lead = xin.shape[:-1]
         if self._oa_block is not None:
-            if np.isfinite(xc).all():
-                return self._overlap_add(xc, K if self.H == 1 else K[hi])
+            y = self._overlap_add(xin, K, pregate, cdt)
+            if y is not None:
+                return y
             # NaN or inf: one FFT over the whole row spreads them over every output, exactly as
             # scipy.signal.fftconvolve does; overlap-add would confine them to their blocks.
             if self._K_direct is None:
                 self._K_direct = self._spectrum(self._k_time, self._n_direct)
-            n, K = self._n_direct, self._K_direct
-        if self.H != 1:
-            K = K[hi]
-        if self.is_complex:
-            X = sp_fft.fft(xc, n, axis=-1, workers=w)
-            np.multiply(X, K, out=X)
-            y = sp_fft.ifft(X, n, axis=-1, workers=w, overwrite_x=True)
+            n = self._n_direct
+            K = self._K_direct if self.H == 1 else self._K_direct[hi]
         else:
-            X = sp_fft.rfft(xc, n, axis=-1, workers=w)
-            np.multiply(X, K, out=X)
-            y = sp_fft.irfft(X, n, axis=-1, workers=w, overwrite_x=True)
+            n = self.n
+        buf = self._scratch(lead + (n,), cdt)
+        self._load(buf, xin, pregate)
+        y = self._fft_conv(buf, K, n)
         if self._fold_output:
             y = fold(y, self.L)
         return y[..., self.start:self.start + self.L_out]
 
-    def _overlap_add(self, xc, K):
-        nf, Bk = self.n, self._oa_block
-        lead, L = xc.shape[:-1], xc.shape[-1]
+    def _overlap_add(self, xin, K, pregate, cdt):
+        """Overlap-add with blocks of ``Bk`` samples and FFTs of ``nf``; ``None`` when the input
+        holds NaN or inf."""
+        nf, Bk, L = self.n, self._oa_block, self.L
+        lead = xin.shape[:-1]
         nb = -(-L // Bk)
-        xp = np.zeros(lead + (nb * Bk,), dtype=xc.dtype)
-        xp[..., :L] = xc
-        xb = xp.reshape(lead + (nb, Bk))
-        Kb = K[..., None, :]
-        if self.is_complex:
-            X = sp_fft.fft(xb, nf, axis=-1, workers=self.workers)
-            np.multiply(X, Kb, out=X)
-            yb = sp_fft.ifft(X, nf, axis=-1, workers=self.workers, overwrite_x=True)
-        else:
-            X = sp_fft.rfft(xb, nf, axis=-1, workers=self.workers)
-            np.multiply(X, Kb, out=X)
-            yb = sp_fft.irfft(X, nf, axis=-1, workers=self.workers, overwrite_x=True)
-        del X
+        flat = self._scratch(lead + (nb * Bk,), cdt)
+        x = self._load(flat, xin, pregate)
+        if not np.isfinite(x).all():
+            return None
+        blocks = self._scratch(lead + (nb, nf), cdt)
+        blocks[..., :Bk] = flat.reshape(lead + (nb, Bk))
+        yb = self._fft_conv(blocks, K[..., None, :], nf)
         tail = nf - Bk
         y = np.empty(lead + ((nb + 1) * Bk,), dtype=yb.dtype)
         y[..., :nb * Bk].reshape(lead + (nb, Bk))[...] = yb[..., :Bk]
@@ -288,7 +332,7 @@ class CPUConvPlan:
         if self.is_complex:
             per_row *= 2
         rows = max(1, CHUNK_BYTES // per_row)
-        return max(rows, min(self.workers, 64))
+        return max(rows, ROWS_PER_WORKER * self.workers)
 
     def __call__(self, x, pregate=None, postgate=None, skip=None):
         """Convolve ``x`` of shape (B, H, L); returns (B, H, L_out) of dtype ``io_dtype``."""
@@ -332,10 +376,8 @@ class CPUConvPlan:
                 from ._arrays import bf16_to_float32
 
                 xin = bf16_to_float32(xin)
-            xc = xin.astype(cdt, copy=False)
-            if pregate is not None:
-                xc = xc * _widen(pregate[idx], bf16)
-            y = self._transform(xc, hi)
+            pre = None if pregate is None else _widen(pregate[idx], bf16)
+            y = self._transform(xin, hi, pre, cdt)
             if postgate is not None:
                 y = y * _widen(postgate[idx], bf16)
             if skip is not None:
