@@ -188,13 +188,19 @@ class LongConv:
             self._plans[key] = plan
         return plan
 
+    def _primary_plan(self):
+        if self._primary is None:
+            io = self.dtype or io_dtype_for(self._k_dtype)
+            self._primary = self._plan(self.device or _arrays.device_of(self._k), io)
+        return self._primary
+
     @property
     def fft_size(self):
-        return self._primary.fft_size
+        return self._primary_plan().fft_size
 
     @property
     def backend(self):
-        return self._primary.backend
+        return self._primary_plan().backend
 
     def update(self, k):
         """Replace the filters (same shape) and recompute every cached spectrum."""

@@ -127,7 +127,9 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     -------
     out : array
         Same kind of array as the inputs. dtype as SciPy's: float16 -> float32, integers and
-        bool -> float64, float32 stays float32, complex stays complex.
+        bool -> float64, float32 stays float32, complex stays complex (and, as in SciPy, when
+        every convolved axis has length 1 the result is the plain product ``in1 * in2``).
+        ``mode="circular"`` always returns the dtype of an FFT convolution of the inputs.
 
     See Also
     --------
@@ -137,8 +139,12 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     --------
     >>> import numpy as np
     >>> from longconv import fftconvolve_long
-    >>> fftconvolve_long([1.0, 2.0, 3.0], [0.0, 1.0, 0.5])
-    array([0. , 1. , 2.5, 4. , 1.5])
+    >>> y = fftconvolve_long([1.0, 2.0, 3.0], [0.0, 1.0, 0.5])
+    >>> y.shape, bool(np.allclose(y, [0.0, 1.0, 2.5, 4.0, 1.5]))
+    ((5,), True)
+    >>> x = np.random.default_rng(0).standard_normal((8, 10_000))
+    >>> fftconvolve_long(x, np.ones((1, 5)) / 5, mode="same", axes=-1).shape
+    (8, 10000)
     """
     precision = _validate.check_precision(precision)
     kernel_len = _validate.check_kernel_len(kernel_len)

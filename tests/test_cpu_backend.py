@@ -158,3 +158,24 @@ def test_compute_dtypes():
     assert _cpu.compute_dtypes(None, "float64", False) == (np.float64, np.complex128)
     assert _cpu.compute_dtypes("double", "float32", False) == (np.float64, np.complex128)
     assert _cpu.compute_dtypes("half", "float64", False) == (np.float32, np.complex64)
+
+
+def test_peak_memory_within_three_times_input_plus_output(rng):
+    import tracemalloc
+
+    import scipy.signal
+
+    from longconv import fftconvolve_long
+
+    x = testing.random_array(rng, (16, 16, 16384))
+    k = testing.random_array(rng, (1, 16, 16384))
+    fftconvolve_long(x[:1, :1, :64], k[:, :1, :64], axes=-1)
+    peaks = []
+    for f in (fftconvolve_long, scipy.signal.fftconvolve):
+        tracemalloc.start()
+        y = f(x, k, axes=-1)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    ours, theirs = peaks
+    assert x.nbytes + ours <= 3 * (x.nbytes + y.nbytes)
+    assert ours < 0.6 * theirs
