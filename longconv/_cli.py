@@ -243,7 +243,7 @@ def run_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 f"{dev['l2_bytes'] / 2**20:.0f} MiB L2, "
                 f"{dev['memory_bytes'] / 2**30:.1f} GiB memory")))
     else:
-        rows.append(("gpu", f"no CUDA device ({info['no_device_reason']})"))
+        rows.append(("gpu", f"no CUDA device: {info['no_device_reason']}"))
     rows.append(("nvrtc", info["nvrtc"]))
     rows.append(("kernel cache", info["kernel_cache"] or "in memory only (CUPY_CACHE_IN_MEMORY)"))
     width = max(len(name) for name, _ in rows)
@@ -296,7 +296,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                       f"--length {args.length}")
     devices, why_none = gpu_status()
     if args.device == "gpu" and not devices:
-        return _error(f"--device gpu: no usable CUDA device ({why_none})")
+        return _error(f"--device gpu: no usable CUDA device: {why_none}")
     use_gpu = args.device == "gpu" or (args.device == "auto" and bool(devices))
 
     dtype = np.dtype(args.dtype)
