@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.fft as sp_fft
@@ -25,18 +26,16 @@ BACKEND = "cpu"
 # thread, as users call it).
 
 # Bytes of temporaries (time-domain rows and spectra) a chunk of rows may use. Short rows get
-# many rows per chunk, long rows few (see ROWS_PER_WORKER): the batch is never transformed
+# many rows per chunk, long rows few (see ROWS_PER_CALL): the batch is never transformed
 # whole, so beyond input and output only a few chunks of scratch are live, and the multiply and
 # the copies run on data that was just touched. scipy on the whole batch of x (16, 64, 65536)
 # float64 allocates ~4 GiB of temporaries for a 0.5 GiB input.
 CHUNK_BYTES = 8 << 20
 
-# pocketfft transforms several rows at once with SIMD (4-8 float64 or 8-16 float32 rows) and
-# splits a batch between threads by rows, so each thread needs that many rows per call.
-# x (16, 64, 65536) * k (64, 65536), w2, seconds: rows per worker 8 vs 16: float32 full 1.006
-# vs 0.965, causal 0.733 vs 0.894; float64 full 2.304 vs 1.993, causal 2.135 vs 2.300
-# (differences within run-to-run noise; 8 keeps the scratch smaller).
-ROWS_PER_WORKER = 8
+# pocketfft transforms several rows at once with SIMD (4-8 float64 or 8-16 float32 rows), so a
+# chunk of the direct path holds at least that many rows. Chunks run on the worker threads whole,
+# FFTs single-threaded inside, so that the copies and the spectrum multiply run in parallel too.
+ROWS_PER_CALL = 8
 
 # Overlap-add block FFT size, as a multiple of the filter length. Cost per output sample
 # ~ nf*log2(nf) / (nf - Lk + 1) has its minimum between 8 and 16 Lk; smaller blocks stay in
@@ -183,7 +182,6 @@ class CPUConvPlan:
         self.rdtype, self.cdtype = compute_dtypes(self.precision, self.io_dtype, self.is_complex)
         kdt = self.cdtype if self.is_complex else self.rdtype
         if k.dtype == np.uint16 and self.io_dtype == "bfloat16":
-            k = k.view(np.uint16)
             from ._arrays import bf16_to_float32
 
             k = bf16_to_float32(k)
@@ -262,7 +260,7 @@ class CPUConvPlan:
 
     def _fft_conv(self, buf, K, n):
         """Circular convolution of the rows of ``buf`` (..., n) with spectra ``K``."""
-        w = self.workers
+        w = getattr(self._tls, "fft_workers", self.workers)
         if self.is_complex:
             X = sp_fft.fft(buf, axis=-1, workers=w)
             np.multiply(X, K, out=X)
@@ -327,12 +325,13 @@ class CPUConvPlan:
         if self._oa_block is not None:
             nb = -(-self.L // self._oa_block)
             per_row = nb * (self.n + 2) * np.dtype(self.rdtype).itemsize * 2
+            min_rows = 1
         else:
             per_row = (self.n + 2) * np.dtype(self.rdtype).itemsize * 2
+            min_rows = ROWS_PER_CALL
         if self.is_complex:
             per_row *= 2
-        rows = max(1, CHUNK_BYTES // per_row)
-        return max(rows, ROWS_PER_WORKER * self.workers)
+        return max(min_rows, CHUNK_BYTES // per_row)
 
     def __call__(self, x, pregate=None, postgate=None, skip=None):
         """Convolve ``x`` of shape (B, H, L); returns (B, H, L_out) of dtype ``io_dtype``."""
@@ -364,13 +363,15 @@ class CPUConvPlan:
             skip = np.asarray(skip).reshape(-1)
             skip = np.broadcast_to(skip, (H,))[:, None]
         if H >= rows:
-            chunks = ((b, slice(h0, min(h0 + rows, H))) for b in range(B)
-                      for h0 in range(0, H, rows))
+            chunks = [(b, slice(h0, min(h0 + rows, H))) for b in range(B)
+                      for h0 in range(0, H, rows)]
         else:
             per = max(1, rows // H)
-            chunks = ((slice(b0, min(b0 + per, B)), slice(None)) for b0 in range(0, B, per))
-        for bi, hi in chunks:
-            idx = (bi, hi)
+            chunks = [(slice(b0, min(b0 + per, B)), slice(None)) for b0 in range(0, B, per)]
+
+        def work(chunk, fft_workers):
+            self._tls.fft_workers = fft_workers
+            bi, hi = idx = chunk
             xin = x[idx]
             if bf16:
                 from ._arrays import bf16_to_float32
@@ -383,6 +384,16 @@ class CPUConvPlan:
             if skip is not None:
                 y = y + _widen(skip[hi], bf16) * xin
             out[idx] = y
+
+        if self.workers > 1 and len(chunks) > 1:
+            # Chunks go to threads whole (copies, multiply and FFTs of a chunk on one thread):
+            # every pass runs in parallel, not only the FFTs.
+            with ThreadPoolExecutor(min(self.workers, len(chunks))) as pool:
+                for _ in pool.map(lambda c: work(c, 1), chunks):
+                    pass
+        else:
+            for chunk in chunks:
+                work(chunk, self.workers)
 
 
 def _widen(a, bf16):
