@@ -4,16 +4,15 @@
 // z = x_b + i x_{b+1}; since the filter is real, conv(z, k) = conv(x_b, k) + i conv(x_{b+1}, k), so
 // one complex FFT serves two real sequences (the real-input saving, without an untangling step).
 //
-// N = R * 256.  Monarch decomposition (kernel_spec.py identity 1), positions in place:
-//   outer stages: radix r along stride S inside segments of length r S,
-//     X'[S k + q] = W_{rS}^(q k) / sqrt(r) * sum_p X[S p + q] W_r^(p k),
-//     R <= 8: one stage of radix R in fp32 on the CUDA cores, reading x from global memory;
-//     R >= 16: radix r1 = R / 16 on the CUDA cores (a plain load when r1 = 1), then radix 16 at
-//     stride 256 on the tensor cores (stage16).
-//     The twiddle of the stage next to the 256-point segments is folded into those (seg_consts).
-//   inner stage (tensor cores): every contiguous 256-point segment, forward, * K, inverse
-//     (inner256.cuh), in registers of one warp
-//   inverse outer stages mirrored: conj twiddles, inverse DFT_r, unnormalised
+// N = R * 256.  Monarch decomposition (kernel_spec.py identity 1), positions in place, every
+// stage a 16 x 16 complex product per 256 points on the tensor cores:
+//   load phase: x (times pregate and the tile scale) into shared memory, zero past L
+//   outer stages (outer_tc.cuh): R <= 16: radix R at stride 256; R > 16: radix r1 = R / 16 at
+//     stride 4096 (twiddle W_N applied after it), then radix 16 at stride 256. The twiddle of the
+//     stage next to the 256-point segments is folded into those (seg_consts).
+//   inner stage: every contiguous 256-point segment, forward, * K, inverse (inner256.cuh), in
+//     registers of one warp
+//   inverse outer stages mirrored, then the store phase (postgate, skip, output window)
 // The spectrum therefore sits in a permuted order; K is stored in that order by the host, scaled so
 // the unitary forward and unnormalised inverse give irfft(rfft(x) * rfft(k)).
 // Zero-skip: positions >= L are never loaded (the padding of a causal convolution) and only the
@@ -26,8 +25,7 @@
 // prescale, each tile's input is multiplied by 2^-e so its largest magnitude lies in [1, 2); fp16
 // inputs (|x| <= 65504, usually O(1)) skip that extra read.
 #include "params.cuh"
-#include "dft_small.cuh"
-#include "inner256.cuh"
+#include "outer_tc.cuh"
 
 #define LC_MT LC_F16
 #define LC_THREADS 256
@@ -42,89 +40,39 @@ struct tile_ctx {
   const block_tables* bt;
 };
 
-// x_b * W^(k q) applied with a running power (drift ~ k ulp, k < 16).
-template <int R, bool INV>
-__device__ __forceinline__ void twiddle_column(float (&re)[R], float (&im)[R], int q, int m,
-                                               float scale) {
-  const cf w1 = unit_root(q, m, -1.f);
-  cf wk = cf{scale, 0.f};
-#pragma unroll
-  for (int k = 0; k < R; ++k) {
-    const cf v = INV ? cmulc(cf{re[k], im[k]}, wk) : cmul(cf{re[k], im[k]}, wk);
-    re[k] = v.re;
-    im[k] = v.im;
-    wk = cmul(wk, w1);
-  }
+// Epilogue of output j of one batch row: postgate, skip, store.
+template <int IO>
+__device__ __forceinline__ void emit(const ConvParams& p, i64 orow, i64 xrow, i64 h, i64 j, float v) {
+  if (p.postgate) v *= load_io<IO>(p.postgate, orow + j);
+  if (p.skip) v += __ldg(p.skip + h) * load_io<IO>(p.x, xrow + j);
+  store_io<IO>(p.y, orow + j, v);
 }
 
-// First forward stage: radix R along stride S over the whole sequence, reading x (times pregate
-// and the tile scale) from global memory. TW: apply W_N^(q k) here (when the next stage is
-// another outer stage; otherwise the 256-point segments apply it).
-template <int R, bool TW, int IO>
-__device__ __forceinline__ void outer_first(const ConvParams& p, const tile_ctx& tc, int S) {
-  const int n = p.n, cols = n / R;
-  const float scale = rsqrtf((float)R) * tc.in_scale;
-  const int L = (int)p.L;
-  for (int w = threadIdx.x; w < tc.npairs * cols; w += LC_THREADS) {
-    const int i = w / cols, q = w - i * cols;
-    const i64 b0 = 2 * (tc.pair0 + i);
-    const bool has1 = b0 + 1 < p.B;
-    const i64 row0 = (b0 * p.H + tc.h) * p.L, row1 = row0 + p.H * p.L;
-    float re[R], im[R];
-#pragma unroll
-    for (int k = 0; k < R; ++k) {
-      const int t = S * k + q;
-      re[k] = 0.f;
-      im[k] = 0.f;
-      if (t < L) {
-        re[k] = load_io<IO>(p.x, row0 + t);
-        if (has1) im[k] = load_io<IO>(p.x, row1 + t);
-      }
-    }
-    if (p.pregate) {
-#pragma unroll
-      for (int k = 0; k < R; ++k) {
-        const int t = S * k + q;
-        if (t < L) {
-          re[k] *= load_io<IO>(p.pregate, row0 + t);
-          if (has1) im[k] *= load_io<IO>(p.pregate, row1 + t);
-        }
-      }
-    }
-    dft<R, false>(re, im);
-    if (TW) {
-      twiddle_column<R, false>(re, im, q, n, scale);
-    } else {
-#pragma unroll
-      for (int k = 0; k < R; ++k) {
-        re[k] *= scale;
-        im[k] *= scale;
-      }
-    }
-    u16* pr = tc.sm + 2 * n * i;
-    u16* pi = pr + n;
-#pragma unroll
-    for (int k = 0; k < R; ++k) {
-      const int j = smem_index(S * k + q);
-      pr[j] = from_f32<LC_MT>(re[k]);
-      pi[j] = from_f32<LC_MT>(im[k]);
-    }
-  }
+// Items [begin, end) of `items` split evenly over the warps, consecutive items to one warp (so a
+// warp's segments repeat across pairs and their constants are computed once).
+__device__ __forceinline__ void warp_range(int items, int& begin, int& end) {
+  const int warp = threadIdx.x >> 5, per = (items + LC_WARPS - 1) / LC_WARPS;
+  begin = warp * per;
+  end = min(items, begin + per);
 }
 
-// Radix-16 stage at stride 256 on the tensor cores for every 4096-point segment of every pair.
-template <bool INV> __device__ __forceinline__ void mid_all(const ConvParams& p, const tile_ctx& tc) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n = p.n;
-  const int blocks = n / 256;  // 16-column blocks per plane
-  for (int it = warp; it < tc.npairs * blocks; it += LC_WARPS) {
+// Outer stage over every pair of the tile: radix 2^lr at stride S (see outer_tc.cuh).
+template <bool INV, bool POSTTW>
+__device__ __forceinline__ void outer_all(const ConvParams& p, const tile_ctx& tc, int lr, int S) {
+  const int lane = threadIdx.x & 31, n = p.n, blocks = n >> 8;
+  const u32(&mat)[12] = lr == 4 ? (INV ? tc.bt->gb[lane] : tc.bt->fb[lane])
+                                 : (INV ? tc.bt->og[lane] : tc.bt->ob[lane]);
+  int it, end;
+  warp_range(tc.npairs * blocks, it, end);
+  for (; it < end; ++it) {
     const int i = it / blocks, b = it - i * blocks;
     u16* re = tc.sm + 2 * n * i;
-    stage16<LC_MT, INV>(re, re + n, (b >> 4) * 4096 + (b & 15) * 16, *tc.bt, lane);
+    outer_stage<LC_MT, INV, POSTTW>(re, re + n, b, lr, S, mat, p.wtn, n, lane);
   }
 }
 
-// Plain load of the tile into shared memory (the radix-1 first stage): x * pregate * in_scale,
-// zero past L, eight elements per thread.
+// Plain load of the tile into shared memory: x * pregate * in_scale, zero past L, eight elements
+// per thread.
 template <int IO> __device__ __forceinline__ void copy_in(const ConvParams& p, const tile_ctx& tc) {
   const int n = p.n, L = (int)p.L, groups = n / 8;
   const bool vec = p.vec_in;
@@ -194,62 +142,6 @@ template <int IO> __device__ __forceinline__ void copy_out(const ConvParams& p, 
   }
 }
 
-// Epilogue of output j of one batch row: postgate, skip, store.
-template <int IO>
-__device__ __forceinline__ void emit(const ConvParams& p, i64 orow, i64 xrow, i64 h, i64 j, float v) {
-  if (p.postgate) v *= load_io<IO>(p.postgate, orow + j);
-  if (p.skip) v += __ldg(p.skip + h) * load_io<IO>(p.x, xrow + j);
-  store_io<IO>(p.y, orow + j, v);
-}
-
-// Inverse of outer_first: (conj twiddles,) inverse DFT_R, then either the output window to global
-// memory or (fold) back to shared memory for the circular fold.
-template <int R, bool TW, int IO>
-__device__ __forceinline__ void outer_last(const ConvParams& p, const tile_ctx& tc, int S) {
-  const int n = p.n, cols = n / R;
-  for (int w = threadIdx.x; w < tc.npairs * cols; w += LC_THREADS) {
-    const int i = w / cols, q = w - i * cols;
-    u16* pr = tc.sm + 2 * n * i;
-    u16* pi = pr + n;
-    float re[R], im[R];
-#pragma unroll
-    for (int k = 0; k < R; ++k) {
-      const int j = smem_index(S * k + q);
-      re[k] = to_f32<LC_MT>(pr[j]);
-      im[k] = to_f32<LC_MT>(pi[j]);
-    }
-    if (TW) twiddle_column<R, true>(re, im, q, n, 1.f);
-    dft<R, true>(re, im);
-#pragma unroll
-    for (int k = 0; k < R; ++k) {
-      re[k] *= tc.out_mult;
-      im[k] *= tc.out_mult;
-    }
-    if (p.fold) {
-#pragma unroll
-      for (int k = 0; k < R; ++k) {
-        const int j = smem_index(S * k + q);
-        pr[j] = from_f32<LC_MT>(re[k]);
-        pi[j] = from_f32<LC_MT>(im[k]);
-      }
-      continue;
-    }
-    const i64 b0 = 2 * (tc.pair0 + i);
-    const bool has1 = b0 + 1 < p.B;
-    const i64 orow0 = (b0 * p.H + tc.h) * p.Lout, orow1 = orow0 + p.H * p.Lout;
-    const i64 xrow0 = (b0 * p.H + tc.h) * p.L, xrow1 = xrow0 + p.H * p.L;
-    const int off = (int)p.out_offset, lout = (int)p.Lout;
-#pragma unroll
-    for (int k = 0; k < R; ++k) {
-      const int j = S * k + q - off;
-      if (j >= 0 && j < lout) {
-        emit<IO>(p, orow0, xrow0, tc.h, j, re[k]);
-        if (has1) emit<IO>(p, orow1, xrow1, tc.h, j, im[k]);
-      }
-    }
-  }
-}
-
 // Circular fold for a circular length that is not an FFT size: y[j] = z[j] + z[j + fold].
 template <int IO>
 __device__ __forceinline__ void fold_store(const ConvParams& p, const tile_ctx& tc, float mult) {
@@ -293,37 +185,19 @@ template <int IO> __device__ float tile_max_abs(const ConvParams& p, const tile_
   return m;
 }
 
-template <int IO, bool TW> __device__ void run_first(const ConvParams& p, const tile_ctx& tc, int r1, int S1) {
-  switch (r1) {
-    case 1: outer_first<1, TW, IO>(p, tc, S1); break;
-    case 2: outer_first<2, TW, IO>(p, tc, S1); break;
-    case 4: outer_first<4, TW, IO>(p, tc, S1); break;
-    case 8: outer_first<8, TW, IO>(p, tc, S1); break;
-    default: outer_first<16, TW, IO>(p, tc, S1); break;
-  }
-}
-template <int IO, bool TW> __device__ void run_last(const ConvParams& p, const tile_ctx& tc, int r1, int S1) {
-  switch (r1) {
-    case 1: outer_last<1, TW, IO>(p, tc, S1); break;
-    case 2: outer_last<2, TW, IO>(p, tc, S1); break;
-    case 4: outer_last<4, TW, IO>(p, tc, S1); break;
-    case 8: outer_last<8, TW, IO>(p, tc, S1); break;
-    default: outer_last<16, TW, IO>(p, tc, S1); break;
-  }
-}
-
 // The 256-point segments of the tile: items (segment, pair), segment-major so a warp reuses its
 // segment constants and spectrum across the pairs.
 __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& tc, const float4* kh) {
   const block_tables& bt = *tc.bt;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
   const int n = p.n, nseg = n >> 8;
   // The outer stage next to the segments: radix nseg (<= 16, segment length N) or 16 (length 4096).
   const int M = nseg <= 16 ? n : 4096;
   seg_consts sc;
   int cur = -1;
-  const int items = nseg * tc.npairs;
-  for (int it = warp; it < items; it += LC_WARPS) {
+  int it, end;
+  warp_range(nseg * tc.npairs, it, end);
+  for (; it < end; ++it) {
     const int seg = it / tc.npairs, i = it - seg * tc.npairs;
     if (seg != cur) {
       sc.init(bt, p.wtab, seg & (M / 256 - 1), M, lane);
@@ -339,13 +213,11 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
   __shared__ float red[LC_WARPS];
   __shared__ __align__(16) block_tables bt;
   const int n = p.n, nseg = n >> 8;
-  // Outer radices: R = N / 256 <= 8 in one CUDA-core stage; else r1 = R / 16 (CUDA cores, or a
-  // plain copy when 1) then the tensor-core radix-16 stage at stride 256.
-  const bool mid = nseg >= 16;
-  const int r1 = mid ? nseg / 16 : nseg;
-  const int S1 = n / r1;
+  const int lr_all = 31 - __clz(nseg);             // log2 R
+  const bool two = nseg > 16;                       // radix r1 at stride 4096, then 16 at 256
+  const int lr1 = two ? lr_all - 4 : lr_all;        // the first (or only) outer stage
   const i64 npairs = (p.B + 1) / 2;
-  bt.init();
+  bt.init(1 << (lr1 > 0 && lr1 < 4 ? lr1 : 1));
   __syncthreads();
 
   for (i64 tile = blockIdx.x; tile < p.n_tiles; tile += gridDim.x) {
@@ -362,34 +234,30 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
     }
     tc.out_mult = p.out_scale / tc.in_scale;
 
-    if (r1 == 1) copy_in<IO>(p, tc);
-    else if (mid) run_first<IO, true>(p, tc, r1, S1);
-    else run_first<IO, false>(p, tc, r1, S1);
+    copy_in<IO>(p, tc);
     __syncthreads();
-    if (mid) {
-      mid_all<false>(p, tc);
+    if (two) {
+      outer_all<false, true>(p, tc, lr1, 4096);
+      __syncthreads();
+      outer_all<false, false>(p, tc, 4, 256);
+      __syncthreads();
+    } else if (nseg > 1) {
+      outer_all<false, false>(p, tc, lr1, 256);
       __syncthreads();
     }
     inner_all(p, tc, p.kspec + tc.h * p.k_hstride);
     __syncthreads();
-    if (mid) {
-      mid_all<true>(p, tc);
+    if (two) {
+      outer_all<true, true>(p, tc, 4, 256);
+      __syncthreads();
+      outer_all<true, false>(p, tc, lr1, 4096);
+      __syncthreads();
+    } else if (nseg > 1) {
+      outer_all<true, false>(p, tc, lr1, 256);
       __syncthreads();
     }
-    if (r1 == 1) {
-      if (p.fold) {
-        fold_store<IO>(p, tc, tc.out_mult);
-      } else {
-        copy_out<IO>(p, tc);
-      }
-    } else {
-      if (mid) run_last<IO, true>(p, tc, r1, S1);
-      else run_last<IO, false>(p, tc, r1, S1);
-      if (p.fold) {
-        __syncthreads();
-        fold_store<IO>(p, tc, 1.f);
-      }
-    }
+    if (p.fold) fold_store<IO>(p, tc, tc.out_mult);
+    else copy_out<IO>(p, tc);
     __syncthreads();
   }
 }

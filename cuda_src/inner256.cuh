@@ -13,11 +13,13 @@
 #include "mma.cuh"
 
 // Halfword index of position j inside a pair's plane. The 16 B chunk bits (3..5) are XORed with
-// bits 6 and 8..10 so that every access pattern is free of bank conflicts: ldmatrix rows 32 B apart
-// (the 256-point segments: rows differ in bits 4..6), rows 512 B apart (the radix-16 stage at
-// stride 256: bits 8..10) and the CUDA-core stages' runs of consecutive positions.
+// bits 6, 8..10 and 12..14 so that every access pattern is free of bank conflicts: ldmatrix rows
+// 32 B apart (the 256-point segments: rows differ in bits 4..6), 512 B apart (outer stage at stride
+// 256: bits 8..10), 8 KB apart (outer stage at stride 4096: bits 12..14), and runs of consecutive
+// 16 B chunks (the load and store phases).
 __device__ __forceinline__ int smem_index(int j) {
-  return j ^ (((((j >> 6) ^ (j >> 8)) & 1) | ((j >> 8) & 6)) << 3);
+  const int s = (j >> 8) ^ (j >> 12);
+  return j ^ (((((j >> 6) ^ s) & 1) | (s & 6)) << 3);
 }
 
 // Per-block tables in shared memory, one row per lane (see block_tables::init):
@@ -27,10 +29,12 @@ __device__ __forceinline__ int smem_index(int j) {
 struct block_tables {
   u32 fb[32][12];
   u32 gb[32][12];
+  u32 ob[32][12];  // outer stage of radix R < 16: block-diagonal DFT_R / sqrt(R) (16 / R blocks)
+  u32 og[32][12];  // and its inverse, conj(DFT_R) blocks, unscaled
   cf fbase[32][8];
   cf tw[32][8];
 
-  __device__ void init() {
+  __device__ void init(int radix) {
     for (int lane = threadIdx.x; lane < 32; lane += blockDim.x) {
       const int g = lane >> 2, c = lane & 3;
 #pragma unroll
@@ -58,6 +62,25 @@ struct block_tables {
           const int k2 = g + 8 * (d >> 1), q = 2 * c + (d & 1) + 8 * t;
           tw[lane][4 * t + d] = unit_root(k2 * q, 256, -1.f);
         }
+      const float s = rsqrtf((float)radix);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float re[2], im[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = g + 8 * (i & 1), col = 2 * c + h + 8 * (i >> 1);
+          const bool on = row / radix == col / radix;
+          const cf w = unit_root((row % radix) * (col % radix), radix, -1.f);
+          re[h] = on ? w.re : 0.f;
+          im[h] = on ? w.im : 0.f;
+        }
+        ob[lane][i] = pack2<LC_F16>(s * re[0], s * re[1]);
+        ob[lane][4 + i] = pack2<LC_F16>(s * im[0], s * im[1]);
+        ob[lane][8 + i] = pack2<LC_F16>(-s * im[0], -s * im[1]);
+        og[lane][i] = pack2<LC_F16>(re[0], re[1]);
+        og[lane][4 + i] = pack2<LC_F16>(-im[0], -im[1]);
+        og[lane][8 + i] = pack2<LC_F16>(im[0], im[1]);
+      }
     }
   }
 };
@@ -130,44 +153,27 @@ struct seg_spectrum {
   }
 };
 
-// Forward 256-point FFT, pointwise product with the spectrum, inverse FFT, in place on one segment.
-// B operand (the A fragment of x^T) of the 16 x 16 block x[p][q] at positions base + stride p + q:
-// ldmatrix tile m = lane / 8 is rows 8 (m >> 1) .. +7, columns 8 (m & 1) .. +7.
-__device__ __forceinline__ fragA load_block_bt(const u16* plane, int base, int stride, int lane) {
+// B operand (the A fragment of x^T) of a 16 x 16 block x[r][q] whose row r starts at position
+// row_pos(r): ldmatrix tile m = lane / 8 is rows 8 (m >> 1) .. +7, columns 8 (m & 1) .. +7.
+template <class RowPos>
+__device__ __forceinline__ fragA load_block_bt(const u16* plane, RowPos row_pos, int lane) {
   const int m = lane >> 3, row = (lane & 7) + 8 * (m >> 1);
-  return ldmatrix_x4_trans(smem_addr(plane + smem_index(base + stride * row + 8 * (m & 1))));
+  return ldmatrix_x4_trans(smem_addr(plane + smem_index(row_pos(row) + 8 * (m & 1))));
 }
 
-// Store a 16 x 16 accumulator y[r][q] to positions base + stride r + q (pairs of adjacent q).
-template <int T>
-__device__ __forceinline__ void store_block(u16* plane, int base, int stride, const fragC& y, int lane) {
+// Store a 16 x 16 accumulator y[r][q] to positions row_pos(r) + q (pairs of adjacent q).
+template <int T, class RowPos>
+__device__ __forceinline__ void store_block(u16* plane, RowPos row_pos, const fragC& y, int lane) {
   const int g = lane >> 2, c = lane & 3;
 #pragma unroll
-  for (int t = 0; t < 2; ++t)
+  for (int h = 0; h < 2; ++h) {
+    const int r0 = row_pos(g + 8 * h) + 2 * c;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int j = smem_index(base + stride * (g + 8 * h) + 2 * c + 8 * t);
+    for (int t = 0; t < 2; ++t) {
+      const int j = smem_index(r0 + 8 * t);
       *reinterpret_cast<u32*>(plane + j) = pack2<T>(y.d[t][2 * h], y.d[t][2 * h + 1]);
     }
-}
-
-// Radix-16 stage at stride 256 on the tensor cores, in place on the 16 x 16 block of columns
-// base .. base + 15 of a 4096-point segment, without twiddle (the 256-point segments apply
-// W_4096): forward X'[k][q] = sum_p F[k][p] / 4 X[p][q], inverse X[p][q] = sum_k G[p][k] X'[k][q].
-template <int T, bool INV>
-__device__ __forceinline__ void stage16(u16* re, u16* im, int base, const block_tables& bt, int lane) {
-  const fragA xr = load_block_bt(re, base, 256, lane), xi = load_block_bt(im, base, 256, lane);
-  fragA mr, mi, mni;
-  load_frags(INV ? bt.gb[lane] : bt.fb[lane], mr, mi, mni);
-  fragC cr, ci;
-  zero(cr);
-  zero(ci);
-  mma_ab<T>(cr, mr, xr);
-  mma_ab<T>(cr, mni, xi);
-  mma_ab<T>(ci, mr, xi);
-  mma_ab<T>(ci, mi, xr);
-  store_block<T>(re, base, 256, cr, lane);
-  store_block<T>(im, base, 256, ci, lane);
+  }
 }
 
 // The segment at positions base .. base + 255 of the planes re, im.
@@ -175,7 +181,8 @@ template <int T>
 __device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const seg_consts& kc,
                                              const block_tables& bt, const float4* __restrict__ kseg,
                                              int lane) {
-  const fragA xr = load_block_bt(re, base, 16, lane), xi = load_block_bt(im, base, 16, lane);
+  auto row_pos = [base](int r) { return base + 16 * r; };
+  const fragA xr = load_block_bt(re, row_pos, lane), xi = load_block_bt(im, row_pos, lane);
 
   // stage a: C = F x
   fragC cr, ci;
@@ -244,6 +251,6 @@ __device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const s
   mma_ab<T>(ci, kc.gr, ei);
   mma_ab<T>(ci, kc.gi, er);
 
-  store_block<T>(re, base, 16, cr, lane);
-  store_block<T>(im, base, 16, ci, lane);
+  store_block<T>(re, row_pos, cr, lane);
+  store_block<T>(im, row_pos, ci, lane);
 }

@@ -10,6 +10,7 @@ struct ConvParams {
   const float* skip;     // (H,) fp32 or null: y += skip[h] * x
   const float4* kspec;   // filter spectra in fragment order: (Hk, N / 256, 32 lanes, 8 complex)
   const float2* wtab;    // W_4096^j = exp(-2 pi i j / 4096), j < 4096, complex fp32
+  const float2* wtn;     // W_N^j, j < 64, then W_N^(64 j), j < N / 64 (two-level table)
   void* y;               // (B, H, Lout) output, I/O dtype
   i64 B, H, L, Lout;
   i64 out_offset;        // output j is circular position j + out_offset of the length-N product

@@ -26,7 +26,7 @@ __all__ = ["FusedPlan", "PARAMS_FIELDS", "make_plan", "spectrum_order", "window"
 #: Mirror of ``struct ConvParams`` in ``cuda_src/params.cuh`` (same order).
 PARAMS_FIELDS = (
     ("x", "ptr"), ("pregate", "ptr"), ("postgate", "ptr"), ("skip", "ptr"), ("kspec", "ptr"),
-    ("wtab", "ptr"), ("y", "ptr"),
+    ("wtab", "ptr"), ("wtn", "ptr"), ("y", "ptr"),
     ("B", "i64"), ("H", "i64"), ("L", "i64"), ("Lout", "i64"), ("out_offset", "i64"),
     ("fold", "i64"), ("k_hstride", "i64"), ("n_tiles", "i64"), ("tiles_per_h", "i64"),
     ("n", "i32"), ("pairs", "i32"), ("prescale", "i32"), ("vec_in", "i32"), ("vec_out", "i32"),
@@ -134,6 +134,19 @@ def _twiddle_table(cupy):
     return tab
 
 
+_WTN = {}
+
+
+def _twiddle_table_n(cupy, n):
+    """Two-level table of W_N: W_N^j for j < 64, then W_N^(64 j) for j < N / 64 (cached)."""
+    key = (cupy.cuda.runtime.getDevice(), n)
+    tab = _WTN.get(key)
+    if tab is None:
+        j = np.concatenate([np.arange(64), 64 * np.arange(n // 64)])
+        tab = _WTN[key] = cupy.asarray(np.exp(-2j * np.pi * j / n).astype(np.complex64))
+    return tab
+
+
 def _aligned16(a) -> bool:
     return a is None or a.data.ptr % 16 == 0
 
@@ -221,6 +234,7 @@ class FusedPlan:
         self.Hk = int(k.shape[0])
         self._kernel = _compile.get_kernel(fused_key(), FUSED_ENTRY[self.io_dtype])
         self._wtab = _twiddle_table(cupy)
+        self._wtn = _twiddle_table_n(cupy, N)
         # fp16 inputs are bounded by 65504 and read once; bf16 and fp32 inputs can exceed the
         # fp16 operands' range, so each tile is scaled by a power of two (one more read of the
         # tile, from L2).
@@ -313,8 +327,8 @@ class FusedPlan:
         vec_out = vec_in and self.Lout % 8 == 0 and all(_aligned16(a) for a in (y, postgate))
         params = _compile.pack_params(
             PARAMS_DTYPE, x=x, pregate=pregate, postgate=postgate, skip=skip, kspec=self._kspec,
-            wtab=self._wtab, y=y, B=B, H=H, L=L, Lout=self.Lout, out_offset=self.out_offset,
-            fold=self.fold,
+            wtab=self._wtab, wtn=self._wtn, y=y, B=B, H=H, L=L, Lout=self.Lout,
+            out_offset=self.out_offset, fold=self.fold,
             k_hstride=0 if self.Hk == 1 else self.n // 2, n_tiles=n_tiles,
             tiles_per_h=tiles_per_h, n=self.n, pairs=pairs, prescale=self._prescale,
             vec_in=int(vec_in), vec_out=int(vec_out),

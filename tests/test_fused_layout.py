@@ -175,3 +175,51 @@ def test_params_dtype_matches_the_c_struct():
         for line in (root / name).read_text().splitlines() if not line.startswith("#include")
     )
     _compile.check_layout(source, "ConvParams", _fused.PARAMS_DTYPE)
+
+
+def smem_index(j):
+    s = (j >> 8) ^ (j >> 12)
+    return j ^ (((((j >> 6) ^ s) & 1) | (s & 6)) << 3)
+
+
+def outer_rows(blk, lr, S):
+    """Row start positions of block `blk` of the tensor-core outer stage (outer_tc.cuh)."""
+    R, half = 1 << lr, (1 << lr) >> 1
+    per_seg = (S << lr) >> 8
+    seg, bb = divmod(blk, per_seg)
+    base = seg * (S << lr) + (bb // half) * 128 + (bb % half) * 16
+    return [base + 8 * R * (r >> lr) + S * (r & (R - 1)) for r in range(16)]
+
+
+def banks_of_tile(rows):
+    """16-byte bank groups hit by the 8 rows of one ldmatrix tile (one per row)."""
+    return {(smem_index(r) >> 3) & 7 for r in rows}
+
+
+@pytest.mark.parametrize("n, lr, S", [(512, 1, 256), (1024, 2, 256), (2048, 3, 256),
+                                      (4096, 4, 256), (8192, 1, 4096), (16384, 2, 4096),
+                                      (32768, 3, 4096), (32768, 4, 256)])
+def test_outer_stage_blocks_cover_every_point_once_without_bank_conflicts(n, lr, S):
+    seen = []
+    for blk in range(n // 256):
+        rows = outer_rows(blk, lr, S)
+        seen += [r + q for r in rows for q in range(16)]
+        for half in (rows[:8], rows[8:]):
+            for chunk in (0, 8):
+                assert len(banks_of_tile([r + chunk for r in half])) == 8
+    assert sorted(seen) == list(range(n))
+
+
+def test_segment_tiles_and_load_phase_are_conflict_free():
+    for base in range(0, 32768, 256):
+        for half in (0, 8):
+            for chunk in (0, 8):
+                rows = [base + 16 * (half + r) + chunk for r in range(8)]
+                assert len(banks_of_tile(rows)) == 8
+    for start in range(0, 32768, 64):  # 8 consecutive 16-byte chunks (copy phases)
+        assert len({(smem_index(start + 8 * c) >> 3) & 7 for c in range(8)}) == 8
+
+
+def test_swizzle_is_a_permutation_of_each_plane():
+    for n in (256, 4096, 32768):
+        assert sorted(smem_index(j) for j in range(n)) == list(range(n))
