@@ -168,15 +168,21 @@ def gpu_status() -> tuple[list[dict], str | None]:
         name = props["name"]
         if isinstance(name, bytes):
             name = name.decode(errors="replace")
+
+
+        def get(attr, prop, attrs=attrs, props=props):
+            value = attrs.get(attr, props.get(prop))
+            return None if value is None else int(value)
+
         devices.append({
             "id": device_id,
             "name": name,
-            "compute_capability": (attrs["ComputeCapabilityMajor"],
-                                   attrs["ComputeCapabilityMinor"]),
-            "sm_count": attrs["MultiProcessorCount"],
-            "smem_per_block_optin": attrs["MaxSharedMemoryPerBlockOptin"],
-            "l2_bytes": attrs["L2CacheSize"],
-            "memory_bytes": props["totalGlobalMem"],
+            "compute_capability": (int(props["major"]), int(props["minor"])),
+            "sm_count": get("MultiProcessorCount", "multiProcessorCount"),
+            "smem_per_block_optin": get("MaxSharedMemoryPerBlockOptin",
+                                        "sharedMemPerBlockOptin"),
+            "l2_bytes": get("L2CacheSize", "l2CacheSize"),
+            "memory_bytes": int(props["totalGlobalMem"]),
         })
     return devices, None
 
@@ -240,7 +246,7 @@ def run_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             rows.append((f"gpu {dev['id']}", (
                 f"{dev['name']}, compute capability {major}.{minor}, {dev['sm_count']} SMs, "
                 f"{dev['smem_per_block_optin']} B shared memory per block (opt-in), "
-                f"{dev['l2_bytes'] / 2**20:.0f} MiB L2, "
+                f"{(dev['l2_bytes'] or 0) / 2**20:.0f} MiB L2, "
                 f"{dev['memory_bytes'] / 2**30:.1f} GiB memory")))
     else:
         rows.append(("gpu", f"no CUDA device: {info['no_device_reason']}"))

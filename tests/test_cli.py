@@ -130,3 +130,21 @@ def test_too_large_request_fails_cleanly():
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "error" in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["causal", "full", "circular"])
+@pytest.mark.parametrize("dtype", _cli.DTYPES)
+def test_demo_on_gpu(mode, dtype, capsys):
+    status = _cli.main(["demo", *SMALL, "--device", "gpu", "--mode", mode, "--dtype", dtype])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "backend     gpu 0" in out
+    assert ": OK" in out
+
+
+@pytest.mark.gpu
+def test_info_on_gpu(capsys):
+    assert _cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "compute capability" in out and "SMs" in out and "shared memory per block" in out
