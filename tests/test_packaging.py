@@ -46,7 +46,10 @@ def _installed_kernel_files() -> list[str]:
 
 
 def _pyproject() -> dict:
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: tomli, which `build` depends on there
+        tomllib = pytest.importorskip("tomli")
     with open(REPO / "pyproject.toml", "rb") as fh:
         return tomllib.load(fh)
 
