@@ -56,89 +56,91 @@ __device__ __forceinline__ void warp_range(int items, int& begin, int& end) {
   end = min(items, begin + per);
 }
 
-// Outer stage over every pair of the tile: radix 2^lr at stride S (see outer_tc.cuh).
+// Outer stage over every pair of the tile: radix 2^lr at stride 2^ls (see outer_tc.cuh).
 template <bool INV, bool POSTTW>
-__device__ __forceinline__ void outer_all(const ConvParams& p, const tile_ctx& tc, int lr, int S) {
-  const int lane = threadIdx.x & 31, n = p.n, blocks = n >> 8;
-  const u32(&mat)[12] = lr == 4 ? (INV ? tc.bt->gb[lane] : tc.bt->fb[lane])
-                                 : (INV ? tc.bt->og[lane] : tc.bt->ob[lane]);
+__device__ __forceinline__ void outer_all(const ConvParams& p, const tile_ctx& tc, int lr, int ls) {
+  const int lane = threadIdx.x & 31, n = p.n, lb = 31 - __clz(n >> 8);  // log2 blocks per pair
+  const frag_table& mat = lr == 4 ? (INV ? tc.bt->gb : tc.bt->fb) : (INV ? tc.bt->og : tc.bt->ob);
   int it, end;
-  warp_range(tc.npairs * blocks, it, end);
+  warp_range(tc.npairs << lb, it, end);
   for (; it < end; ++it) {
-    const int i = it / blocks, b = it - i * blocks;
-    u16* re = tc.sm + 2 * n * i;
-    outer_stage<LC_MT, INV, POSTTW>(re, re + n, b, lr, S, mat, p.wtn, n, lane);
+    u16* re = tc.sm + 2 * n * (it >> lb);
+    outer_stage<LC_MT, INV, POSTTW>(re, re + n, it & ((1 << lb) - 1), lr, ls, mat, p.wtn, n, lane);
   }
 }
 
 // Plain load of the tile into shared memory: x * pregate * in_scale, zero past L, eight elements
-// per thread.
+// per thread. Row r of the tile is pair r / 2, plane r % 2 (batch row 2 pair0 + r).
 template <int IO> __device__ __forceinline__ void copy_in(const ConvParams& p, const tile_ctx& tc) {
-  const int n = p.n, L = (int)p.L, groups = n / 8;
+  const int n = p.n, L = (int)p.L;
   const bool vec = p.vec_in;
-  for (int w = threadIdx.x; w < 2 * tc.npairs * groups; w += LC_THREADS) {
-    const int r = w / groups, t = 8 * (w - r * groups);  // r: batch row 2 pair + plane
+  for (int r = 0; r < 2 * tc.npairs; ++r) {
     const i64 b = 2 * tc.pair0 + r;
-    float v[8];
-    if (t < L && b < p.B) {
-      const i64 row = (b * p.H + tc.h) * p.L;
-      load8<IO>(p.x, row, t, L, vec, v);
-      if (p.pregate) {
-        float g[8];
-        load8<IO>(p.pregate, row, t, L, vec, g);
+    const bool live = b < p.B;
+    const i64 row = (b * p.H + tc.h) * p.L;
+    u16* plane = tc.sm + n * r;
+    for (int t = 8 * threadIdx.x; t < n; t += 8 * LC_THREADS) {
+      float v[8];
+      if (live && t < L) {
+        load8<IO>(p.x, row, t, L, vec, v);
+        if (p.pregate) {
+          float g[8];
+          load8<IO>(p.pregate, row, t, L, vec, g);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) v[e] *= g[e];
+          for (int e = 0; e < 8; ++e) v[e] *= g[e];
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = 0.f;
       }
-    } else {
+      u32 q[4];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] = 0.f;
+      for (int e = 0; e < 4; ++e)
+        q[e] = pack2<LC_MT>(v[2 * e] * tc.in_scale, v[2 * e + 1] * tc.in_scale);
+      *reinterpret_cast<uint4*>(plane + smem_index(t)) = uint4{q[0], q[1], q[2], q[3]};
     }
-    u32 q[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) q[e] = pack2<LC_MT>(v[2 * e] * tc.in_scale, v[2 * e + 1] * tc.in_scale);
-    u16* plane = tc.sm + n * r;  // pair r / 2, plane r % 2
-    *reinterpret_cast<uint4*>(plane + smem_index(t)) = uint4{q[0], q[1], q[2], q[3]};
   }
 }
 
-// Plain store of the output window from shared memory (the radix-1 last stage).
+// Plain store of the output window from shared memory: times out_mult, postgate, skip.
 template <int IO> __device__ __forceinline__ void copy_out(const ConvParams& p, const tile_ctx& tc) {
-  const int n = p.n, lout = (int)p.Lout, off = (int)p.out_offset, groups = (lout + 7) / 8;
-  const bool vec = p.vec_out;
-  for (int w = threadIdx.x; w < 2 * tc.npairs * groups; w += LC_THREADS) {
-    const int r = w / groups, j = 8 * (w - r * groups);
+  const int n = p.n, lout = (int)p.Lout, off = (int)p.out_offset;
+  const bool vec = p.vec_out, aligned = (off & 7) == 0;
+  const float s = p.skip ? __ldg(p.skip + tc.h) : 0.f;
+  for (int r = 0; r < 2 * tc.npairs; ++r) {
     const i64 b = 2 * tc.pair0 + r;
-    if (b >= p.B) continue;
+    if (b >= p.B) break;
+    const i64 orow = (b * p.H + tc.h) * p.Lout, xrow = (b * p.H + tc.h) * p.L;
     const u16* plane = tc.sm + n * r;
-    float v[8];
-    if ((off & 7) == 0) {
-      const uint4 a = *reinterpret_cast<const uint4*>(plane + smem_index(j + off));
-      const u32 q[4] = {a.x, a.y, a.z, a.w};
+    for (int j = 8 * threadIdx.x; j < lout; j += 8 * LC_THREADS) {
+      float v[8];
+      if (aligned) {
+        const uint4 a = *reinterpret_cast<const uint4*>(plane + smem_index(j + off));
+        const u32 q[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        v[2 * e] = to_f32<LC_MT>((u16)(q[e] & 0xffffu)) * tc.out_mult;
-        v[2 * e + 1] = to_f32<LC_MT>((u16)(q[e] >> 16)) * tc.out_mult;
+        for (int e = 0; e < 4; ++e) {
+          v[2 * e] = to_f32<LC_MT>((u16)(q[e] & 0xffffu)) * tc.out_mult;
+          v[2 * e + 1] = to_f32<LC_MT>((u16)(q[e] >> 16)) * tc.out_mult;
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          v[e] = to_f32<LC_MT>(plane[smem_index((j + e + off) & (n - 1))]) * tc.out_mult;
       }
-    } else {
+      if (p.postgate) {
+        float g[8];
+        load8<IO>(p.postgate, orow, j, lout, vec, g);
 #pragma unroll
-      for (int e = 0; e < 8; ++e)
-        v[e] = to_f32<LC_MT>(plane[smem_index((j + e + off) & (n - 1))]) * tc.out_mult;
-    }
-    const i64 orow = (b * p.H + tc.h) * p.Lout;
-    if (p.postgate) {
-      float g[8];
-      load8<IO>(p.postgate, orow, j, lout, vec, g);
+        for (int e = 0; e < 8; ++e) v[e] *= g[e];
+      }
+      if (p.skip) {
+        float xs[8];
+        load8<IO>(p.x, xrow, j, lout, vec, xs);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] *= g[e];
+        for (int e = 0; e < 8; ++e) v[e] += s * xs[e];
+      }
+      store8<IO>(p.y, orow, j, lout, vec, v);
     }
-    if (p.skip) {
-      float xs[8];
-      const float s = __ldg(p.skip + tc.h);
-      load8<IO>(p.x, (b * p.H + tc.h) * p.L, j, lout, vec, xs);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] += s * xs[e];
-    }
-    store8<IO>(p.y, orow, j, lout, vec, v);
   }
 }
 
@@ -197,8 +199,12 @@ __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& t
   int cur = -1;
   int it, end;
   warp_range(nseg * tc.npairs, it, end);
-  for (; it < end; ++it) {
-    const int seg = it / tc.npairs, i = it - seg * tc.npairs;
+  int seg = it / tc.npairs, i = it - seg * tc.npairs;
+  for (; it < end; ++it, ++i) {
+    if (i == tc.npairs) {
+      i = 0;
+      ++seg;
+    }
     if (seg != cur) {
       sc.init(bt, p.wtab, seg & (M / 256 - 1), M, lane);
       cur = seg;
@@ -237,23 +243,23 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
     copy_in<IO>(p, tc);
     __syncthreads();
     if (two) {
-      outer_all<false, true>(p, tc, lr1, 4096);
+      outer_all<false, true>(p, tc, lr1, 12);
       __syncthreads();
-      outer_all<false, false>(p, tc, 4, 256);
+      outer_all<false, false>(p, tc, 4, 8);
       __syncthreads();
     } else if (nseg > 1) {
-      outer_all<false, false>(p, tc, lr1, 256);
+      outer_all<false, false>(p, tc, lr1, 8);
       __syncthreads();
     }
     inner_all(p, tc, p.kspec + tc.h * p.k_hstride);
     __syncthreads();
     if (two) {
-      outer_all<true, true>(p, tc, 4, 256);
+      outer_all<true, true>(p, tc, 4, 8);
       __syncthreads();
-      outer_all<true, false>(p, tc, lr1, 4096);
+      outer_all<true, false>(p, tc, lr1, 12);
       __syncthreads();
     } else if (nseg > 1) {
-      outer_all<true, false>(p, tc, lr1, 256);
+      outer_all<true, false>(p, tc, lr1, 8);
       __syncthreads();
     }
     if (p.fold) fold_store<IO>(p, tc, tc.out_mult);

@@ -26,13 +26,30 @@ __device__ __forceinline__ int smem_index(int j) {
 //   fb, gb: the A fragments of F / 4 and G = conj(F) (stages b and b', packed fp16:
 //           re, im, -im for each), fbase: F at this lane's A-fragment positions in fp32,
 //   tw:     W_256^(k2 q) at this lane's accumulator positions.
+// A fragments (real, imaginary, -imaginary) of a 16 x 16 complex matrix, element-major so a warp
+// reads each part as 32 consecutive 16-byte words (no bank conflicts).
+struct frag_table {
+  uint4 v[3][32];
+  __device__ __forceinline__ void set(int lane, int i, u32 re, u32 im, u32 nim) {
+    reinterpret_cast<u32*>(&v[0][lane])[i] = re;
+    reinterpret_cast<u32*>(&v[1][lane])[i] = im;
+    reinterpret_cast<u32*>(&v[2][lane])[i] = nim;
+  }
+};
+
+__device__ __forceinline__ void load_frags(const frag_table& t, int lane, fragA& r, fragA& i, fragA& ni) {
+  const uint4 a = t.v[0][lane], b = t.v[1][lane], c = t.v[2][lane];
+  r = fragA{{a.x, a.y, a.z, a.w}};
+  i = fragA{{b.x, b.y, b.z, b.w}};
+  ni = fragA{{c.x, c.y, c.z, c.w}};
+}
+
 struct block_tables {
-  u32 fb[32][12];
-  u32 gb[32][12];
-  u32 ob[32][12];  // outer stage of radix R < 16: block-diagonal DFT_R / sqrt(R) (16 / R blocks)
-  u32 og[32][12];  // and its inverse, conj(DFT_R) blocks, unscaled
-  cf fbase[32][8];
-  cf tw[32][8];
+  frag_table fb, gb;
+  frag_table ob;  // outer stage of radix R < 16: block-diagonal DFT_R / sqrt(R) (16 / R blocks)
+  frag_table og;  // and its inverse, conj(DFT_R) blocks, unscaled
+  cf fbase[8][32];
+  cf tw[8][32];
 
   __device__ void init(int radix) {
     for (int lane = threadIdx.x; lane < 32; lane += blockDim.x) {
@@ -44,23 +61,22 @@ struct block_tables {
         for (int h = 0; h < 2; ++h) {
           const int row = g + 8 * (i & 1), col = 2 * c + h + 8 * (i >> 1);
           const cf w = unit_root(row * col, 16, -1.f);
-          fbase[lane][2 * i + h] = w;
+          fbase[2 * i + h][lane] = w;
           re[h] = w.re;
           im[h] = w.im;
         }
-        fb[lane][i] = pack2<LC_F16>(0.25f * re[0], 0.25f * re[1]);
-        fb[lane][4 + i] = pack2<LC_F16>(0.25f * im[0], 0.25f * im[1]);
-        fb[lane][8 + i] = pack2<LC_F16>(-0.25f * im[0], -0.25f * im[1]);
-        gb[lane][i] = pack2<LC_F16>(re[0], re[1]);
-        gb[lane][4 + i] = pack2<LC_F16>(-im[0], -im[1]);
-        gb[lane][8 + i] = pack2<LC_F16>(im[0], im[1]);
+        fb.set(lane, i, pack2<LC_F16>(0.25f * re[0], 0.25f * re[1]),
+               pack2<LC_F16>(0.25f * im[0], 0.25f * im[1]),
+               pack2<LC_F16>(-0.25f * im[0], -0.25f * im[1]));
+        gb.set(lane, i, pack2<LC_F16>(re[0], re[1]), pack2<LC_F16>(-im[0], -im[1]),
+               pack2<LC_F16>(im[0], im[1]));
       }
 #pragma unroll
       for (int t = 0; t < 2; ++t)
 #pragma unroll
         for (int d = 0; d < 4; ++d) {
           const int k2 = g + 8 * (d >> 1), q = 2 * c + (d & 1) + 8 * t;
-          tw[lane][4 * t + d] = unit_root(k2 * q, 256, -1.f);
+          tw[4 * t + d][lane] = unit_root(k2 * q, 256, -1.f);
         }
       const float s = rsqrtf((float)radix);
 #pragma unroll
@@ -74,24 +90,14 @@ struct block_tables {
           re[h] = on ? w.re : 0.f;
           im[h] = on ? w.im : 0.f;
         }
-        ob[lane][i] = pack2<LC_F16>(s * re[0], s * re[1]);
-        ob[lane][4 + i] = pack2<LC_F16>(s * im[0], s * im[1]);
-        ob[lane][8 + i] = pack2<LC_F16>(-s * im[0], -s * im[1]);
-        og[lane][i] = pack2<LC_F16>(re[0], re[1]);
-        og[lane][4 + i] = pack2<LC_F16>(-im[0], -im[1]);
-        og[lane][8 + i] = pack2<LC_F16>(im[0], im[1]);
+        ob.set(lane, i, pack2<LC_F16>(s * re[0], s * re[1]), pack2<LC_F16>(s * im[0], s * im[1]),
+               pack2<LC_F16>(-s * im[0], -s * im[1]));
+        og.set(lane, i, pack2<LC_F16>(re[0], re[1]), pack2<LC_F16>(-im[0], -im[1]),
+               pack2<LC_F16>(im[0], im[1]));
       }
     }
   }
 };
-
-__device__ __forceinline__ void load_frags(const u32 (&src)[12], fragA& r, fragA& i, fragA& ni) {
-  const uint4* p = reinterpret_cast<const uint4*>(src);
-  const uint4 a = p[0], b = p[1], c = p[2];
-  r = fragA{{a.x, a.y, a.z, a.w}};
-  i = fragA{{b.x, b.y, b.z, b.w}};
-  ni = fragA{{c.x, c.y, c.z, c.w}};
-}
 
 // Constants of one segment. The twiddle of the outer stage next to this one,
 // W_M^(k (16 p + q)) on element (p, q) of row k of a stage with segment length M, splits into
@@ -119,7 +125,7 @@ struct seg_consts {
       cf a[2], b[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const cf f = bt.fbase[lane][2 * i + h];
+        const cf f = bt.fbase[2 * i + h][lane];
         a[h] = cmul(f, wcol[h + 2 * (i >> 1)]);
         const cf r = cmul(f, wrow[i & 1]);
         b[h] = cf{r.re, -r.im};
@@ -135,18 +141,18 @@ struct seg_consts {
     for (int t = 0; t < 2; ++t)
 #pragma unroll
       for (int d = 0; d < 4; ++d)
-        tw[t][d] = cmul(bt.tw[lane][4 * t + d], w(k * (2 * c + (d & 1) + 8 * t)));
+        tw[t][d] = cmul(bt.tw[4 * t + d][lane], w(k * (2 * c + (d & 1) + 8 * t)));
   }
 };
 
-// The filter spectrum of one segment at this lane: K[e], e = 4 t + d, as 8 complex fp32 values.
+// The filter spectrum of one segment at this lane: K[e], e = 4 t + d, as 8 complex fp32 values,
+// stored as float4 groups i = e / 2 of all 32 lanes in turn (coalesced loads).
 struct seg_spectrum {
   cf k[2][4];
   __device__ __forceinline__ void load(const float4* __restrict__ src, int lane) {
-    const float4* p = src + lane * 4;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float4 v = __ldg(p + i);
+      const float4 v = __ldg(src + 32 * i + lane);
       k[i >> 1][(i & 1) * 2] = cf{v.x, v.y};
       k[i >> 1][(i & 1) * 2 + 1] = cf{v.z, v.w};
     }
@@ -207,7 +213,7 @@ __device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const s
   ks.load(kseg, lane);
   fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
   fragA mr, mi, mni;
-  load_frags(bt.fb[lane], mr, mi, mni);
+  load_frags(bt.fb, lane, mr, mi, mni);
   zero(cr);
   zero(ci);
   mma_ab<T>(cr, ar, mr);
@@ -226,7 +232,7 @@ __device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const s
   // stage b': E = P G, times conj(W)
   ar = to_a<T>(cr);
   ai = to_a<T>(ci);
-  load_frags(bt.gb[lane], mr, mi, mni);
+  load_frags(bt.gb, lane, mr, mi, mni);
   zero(cr);
   zero(ci);
   mma_ab<T>(cr, ar, mr);

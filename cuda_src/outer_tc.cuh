@@ -20,18 +20,19 @@ __device__ __forceinline__ cf twiddle_n(const float2* __restrict__ w, int j) {
   return cmul(cf{a.x, a.y}, cf{b.x, b.y});
 }
 
+// lr = log2 R, ls = log2 S.
 template <int T, bool INV, bool POSTTW>
-__device__ __forceinline__ void outer_stage(u16* re, u16* im, int blk, int lr, int S,
-                                            const u32 (&mat)[12], const float2* __restrict__ wtn,
+__device__ __forceinline__ void outer_stage(u16* re, u16* im, int blk, int lr, int ls,
+                                            const frag_table& mat, const float2* __restrict__ wtn,
                                             int n, int lane) {
-  const int R = 1 << lr, half = R >> 1;
-  const int per_seg = (S << lr) >> 8;  // blocks per segment of length R S
-  const int seg = blk / per_seg, bb = blk - seg * per_seg;
-  const int base = seg * (S << lr) + (bb / half) * 128 + (bb % half) * 16;
+  const int R = 1 << lr, S = 1 << ls;
+  const int lps = lr + ls - 8;  // log2 of the blocks per segment of length R S
+  const int seg = blk >> lps, bb = blk & ((1 << lps) - 1);
+  const int base = (seg << (lr + ls)) + ((bb >> (lr - 1)) << 7) + ((bb & ((R >> 1) - 1)) << 4);
   auto row_pos = [=](int r) { return base + 8 * R * (r >> lr) + S * (r & (R - 1)); };
   const fragA xr = load_block_bt(re, row_pos, lane), xi = load_block_bt(im, row_pos, lane);
   fragA mr, mi, mni;
-  load_frags(mat, mr, mi, mni);
+  load_frags(mat, lane, mr, mi, mni);
   fragC cr, ci;
   zero(cr);
   zero(ci);

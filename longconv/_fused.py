@@ -271,7 +271,10 @@ class FusedPlan:
         peak = float(cupy.abs(spec).max())
         self._out_scale = 2.0 ** math.ceil(math.log2(peak)) if 0 < peak < math.inf else 1.0
         spec *= 1.0 / self._out_scale
-        order = cupy.asarray(spectrum_order(N).reshape(-1))
+        # Stored per segment as 4 groups of (32 lanes x 2 complex): group i of every lane in turn,
+        # so each of a warp's four 16-byte loads reads 512 contiguous bytes.
+        order = spectrum_order(N).reshape(N // 256, 32, 4, 2).transpose(0, 2, 1, 3)
+        order = cupy.asarray(np.ascontiguousarray(order).reshape(-1))
         self._kspec = cupy.ascontiguousarray(spec[:, order].astype(cupy.complex64))
         return self
 
