@@ -72,14 +72,15 @@ __device__ __forceinline__ void outer_all(const ConvParams& p, const tile_ctx& t
 // Plain load of the tile into shared memory: x * pregate * in_scale, zero past L, eight elements
 // per thread. Row r of the tile is pair r / 2, plane r % 2 (batch row 2 pair0 + r).
 template <int IO> __device__ __forceinline__ void copy_in(const ConvParams& p, const tile_ctx& tc) {
-  const int n = p.n, L = (int)p.L;
+  const int n = p.n, L = (int)p.L, lg = 28 - __clz(n);  // log2(n / 8)
   const bool vec = p.vec_in;
-  for (int r = 0; r < 2 * tc.npairs; ++r) {
+  for (int w = threadIdx.x; w < (2 * tc.npairs) << lg; w += LC_THREADS) {
+    const int r = w >> lg, t = (w & ((1 << lg) - 1)) << 3;
     const i64 b = 2 * tc.pair0 + r;
     const bool live = b < p.B;
     const i64 row = (b * p.H + tc.h) * p.L;
     u16* plane = tc.sm + n * r;
-    for (int t = 8 * threadIdx.x; t < n; t += 8 * LC_THREADS) {
+    {
       float v[8];
       if (live && t < L) {
         load8<IO>(p.x, row, t, L, vec, v);
@@ -105,14 +106,16 @@ template <int IO> __device__ __forceinline__ void copy_in(const ConvParams& p, c
 // Plain store of the output window from shared memory: times out_mult, postgate, skip.
 template <int IO> __device__ __forceinline__ void copy_out(const ConvParams& p, const tile_ctx& tc) {
   const int n = p.n, lout = (int)p.Lout, off = (int)p.out_offset;
+  const int groups = (lout + 7) >> 3;
   const bool vec = p.vec_out, aligned = (off & 7) == 0;
   const float s = p.skip ? __ldg(p.skip + tc.h) : 0.f;
-  for (int r = 0; r < 2 * tc.npairs; ++r) {
+  const int rows = (int)min((i64)2 * tc.npairs, p.B - 2 * tc.pair0);
+  for (int w = threadIdx.x; w < rows * groups; w += LC_THREADS) {
+    const int r = w / groups, j = (w - r * groups) << 3;
     const i64 b = 2 * tc.pair0 + r;
-    if (b >= p.B) break;
     const i64 orow = (b * p.H + tc.h) * p.Lout, xrow = (b * p.H + tc.h) * p.L;
     const u16* plane = tc.sm + n * r;
-    for (int j = 8 * threadIdx.x; j < lout; j += 8 * LC_THREADS) {
+    {
       float v[8];
       if (aligned) {
         const uint4 a = *reinterpret_cast<const uint4*>(plane + smem_index(j + off));

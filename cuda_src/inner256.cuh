@@ -192,11 +192,9 @@ __device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const s
 
   // stage a: C = F x
   fragC cr, ci;
-  zero(cr);
-  zero(ci);
-  mma_ab<T>(cr, kc.fr, xr);
+  mma_ab0(cr, kc.fr, xr);
   mma_ab<T>(cr, kc.nfi, xi);
-  mma_ab<T>(ci, kc.fr, xi);
+  mma_ab0(ci, kc.fr, xi);
   mma_ab<T>(ci, kc.fi, xr);
 #pragma unroll
   for (int t = 0; t < 2; ++t)
@@ -214,11 +212,9 @@ __device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const s
   fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
   fragA mr, mi, mni;
   load_frags(bt.fb, lane, mr, mi, mni);
-  zero(cr);
-  zero(ci);
-  mma_ab<T>(cr, ar, mr);
+  mma_ab0(cr, ar, mr);
   mma_ab<T>(cr, ai, mni);
-  mma_ab<T>(ci, ar, mi);
+  mma_ab0(ci, ar, mi);
   mma_ab<T>(ci, ai, mr);
 #pragma unroll
   for (int t = 0; t < 2; ++t)
@@ -233,11 +229,9 @@ __device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const s
   ar = to_a<T>(cr);
   ai = to_a<T>(ci);
   load_frags(bt.gb, lane, mr, mi, mni);
-  zero(cr);
-  zero(ci);
-  mma_ab<T>(cr, ar, mr);
+  mma_ab0(cr, ar, mr);
   mma_ab<T>(cr, ai, mni);
-  mma_ab<T>(ci, ar, mi);
+  mma_ab0(ci, ar, mi);
   mma_ab<T>(ci, ai, mr);
 #pragma unroll
   for (int t = 0; t < 2; ++t)
@@ -250,11 +244,9 @@ __device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const s
 
   // stage a': y = G E  (E enters as its B operand: the A fragment of E^T)
   const fragA er = transpose(to_a<T>(cr)), ei = transpose(to_a<T>(ci));
-  zero(cr);
-  zero(ci);
-  mma_ab<T>(cr, kc.gr, er);
+  mma_ab0(cr, kc.gr, er);
   mma_ab<T>(cr, kc.ngi, ei);
-  mma_ab<T>(ci, kc.gr, ei);
+  mma_ab0(ci, kc.gr, ei);
   mma_ab<T>(ci, kc.gi, er);
 
   store_block<T>(re, row_pos, cr, lane);

@@ -26,6 +26,16 @@ template <> __device__ __forceinline__ void mma16816<LC_F16>(float (&d)[4], cons
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// d = a b (no accumulator input: the zero C operand needs no register moves).
+__device__ __forceinline__ void mma16816_zc(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+  const float z = 0.f;
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(z));
+}
+
 // B operand (n-tile t) of a matrix whose transpose's A fragment is m.
 __device__ __forceinline__ u32 bt0(const fragA& m, int t) { return t ? m.r[1] : m.r[0]; }
 __device__ __forceinline__ u32 bt1(const fragA& m, int t) { return t ? m.r[3] : m.r[2]; }
@@ -35,6 +45,12 @@ __device__ __forceinline__ void zero(fragC& c) {
   for (int t = 0; t < 2; ++t)
 #pragma unroll
     for (int i = 0; i < 4; ++i) c.d[t][i] = 0.f;
+}
+
+// C = A (16x16) * M (16x16), M given as the A fragment of M^T (its B operand).
+__device__ __forceinline__ void mma_ab0(fragC& c, const fragA& a, const fragA& mT) {
+  mma16816_zc(c.d[0], a.r, bt0(mT, 0), bt1(mT, 0));
+  mma16816_zc(c.d[1], a.r, bt0(mT, 1), bt1(mT, 1));
 }
 
 // C += A (16x16) * M (16x16), M given as the A fragment of M^T (its B operand).

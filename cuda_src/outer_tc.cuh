@@ -34,11 +34,9 @@ __device__ __forceinline__ void outer_stage(u16* re, u16* im, int blk, int lr, i
   fragA mr, mi, mni;
   load_frags(mat, lane, mr, mi, mni);
   fragC cr, ci;
-  zero(cr);
-  zero(ci);
-  mma_ab<T>(cr, mr, xr);
+  mma_ab0(cr, mr, xr);
   mma_ab<T>(cr, mni, xi);
-  mma_ab<T>(ci, mr, xi);
+  mma_ab0(ci, mr, xi);
   mma_ab<T>(ci, mi, xr);
   if (POSTTW) {
     const int g = lane >> 2, c = lane & 3;
