@@ -19,17 +19,28 @@ import scipy.fft as sp_fft
 
 from . import _validate
 
+try:
+    # pocketfft's own entry points take an output array; scipy.fft's public functions allocate
+    # a fresh one per call (see CPUConvPlan._scratch). Without them the public ones serve.
+    from scipy.fft._pocketfft import pypocketfft as _pocketfft
+except ImportError:
+    _pocketfft = None
+
 BACKEND = "cpu"
 
-# Measurements below: one Intel Xeon server (16 cores) pinned to 2 of its cores, best of
-# two calls after a warm-up; "w1"/"w2" = 1 or 2 workers; scipy = scipy.signal.fftconvolve (one
-# thread, as users call it).
+# Measurements below: one Intel Xeon server pinned to 2 of its cores, best of two calls after a
+# warm-up, in seconds; "w1"/"w2" = 1 or 2 workers; scipy = scipy.signal.fftconvolve on one
+# thread, as users call it. Earlier and later runs of one case differ by up to ~20%.
 
-# Bytes of temporaries (time-domain rows and spectra) a chunk of rows may use. Short rows get
-# many rows per chunk, long rows few (see ROWS_PER_CALL): the batch is never transformed
+# Bytes of temporaries (time-domain rows and spectra) one chunk of rows may use. Short rows get
+# many rows per chunk, long rows few (at least ROWS_PER_CALL): the batch is never transformed
 # whole, so beyond input and output only a few chunks of scratch are live, and the multiply and
-# the copies run on data that was just touched. scipy on the whole batch of x (16, 64, 65536)
-# float64 allocates ~4 GiB of temporaries for a 0.5 GiB input.
+# the copies run on data that was just touched (scipy allocates ~4 GiB of temporaries over a
+# call on x (16, 64, 65536) float64, a 0.5 GiB input). x (16, 64, 65536) * k (64, 65536),
+# w1 / w2 (scipy 1.907 | 2.025 | 3.784 | 2.705; scipy on 2 threads 1.309 | 1.660 | 2.812 | 1.969):
+#                   float32 full  float32 causal  float64 full  float64 causal
+#   8 MiB chunks     1.661/0.693   1.206/0.623     2.520/1.325   2.115/1.091
+#   32 MiB chunks    1.866/1.269   1.691/0.914     2.624/1.252   2.699/1.808
 CHUNK_BYTES = 8 << 20
 
 # pocketfft transforms several rows at once with SIMD (4-8 float64 or 8-16 float32 rows), so a
@@ -39,11 +50,14 @@ ROWS_PER_CALL = 8
 
 # Overlap-add block FFT size, as a multiple of the filter length. Cost per output sample
 # ~ nf*log2(nf) / (nf - Lk + 1) has its minimum between 8 and 16 Lk; smaller blocks stay in
-# cache. x (8, 2**22) * k (4097,), seconds, w1 / w2 (scipy 0.769 | 0.804 | 1.380 | 1.517):
+# cache. x (8, 2**22) * k (4097,), w1 / w2, measured before chunks ran whole on the threads
+# (scipy 0.769 | 0.804 | 1.380 | 1.517):
 #                          float32 full  float32 causal  float64 full  float64 causal
 #   one FFT per row         0.678/0.447   0.651/0.419     1.260/0.950   1.212/0.796
 #   nf = 8 Lk  (32805)      0.484/0.382   0.403/0.333     0.896/0.708   0.800/0.612
 #   nf = 16 Lk (65610)      0.572/0.325   0.442/0.302     0.928/0.713   0.846/0.627
+# and with them, nf = 8 Lk (scipy 0.859 | 0.826 | 1.436 | 1.525):
+#                           0.414/0.255   0.434/0.248     0.887/0.525   0.871/0.506
 OA_BLOCK_FACTOR = 8
 # Overlap-add is used when its modelled cost is below this fraction of one big FFT's; the model
 # ignores that a big FFT also leaves the cache, so the margin only guards against choosing
@@ -56,7 +70,7 @@ def default_workers():
 
     The rows of a batch are independent FFTs, so the work splits across threads, like BLAS
     uses every core by default. On 2 cores, x (16, 64, 65536) * k (64, 65536): float32 full
-    1.336 s on 1 worker, 1.006 s on 2; float64 causal 2.806 s and 2.135 s. Pass ``workers=1``
+    1.661 s on 1 worker, 0.693 s on 2; float64 causal 2.115 s and 1.091 s. Pass ``workers=1``
     where the process runs beside others (a pool of processes, a busy server).
     """
     try:
@@ -230,9 +244,9 @@ class CPUConvPlan:
         _validate.check_fits_in_memory((k.shape[0], bins), np.dtype(self.cdtype).itemsize,
                                        "the filter spectrum", _validate.host_memory(), "host")
         if self.is_complex:
-            K = sp_fft.fft(k, n, axis=-1, workers=self.workers)
+            K = sp_fft.fft(k, n, axis=-1, norm="forward", workers=self.workers)
         else:
-            K = sp_fft.rfft(k, n, axis=-1, workers=self.workers)
+            K = sp_fft.rfft(k, n, axis=-1, norm="forward", workers=self.workers)
         if self.freq_keep is not None:
             K[:, keep_bins(self.freq_keep, n):] = 0
         return K
@@ -243,31 +257,52 @@ class CPUConvPlan:
 
     # -- convolution ----------------------------------------------------------------------
 
-    def _scratch(self, shape, dtype):
-        """A zero-initialised buffer of ``shape``, reused across chunks and calls (per thread).
+    def _scratch(self, shape, dtype, role="input"):
+        """A buffer of ``shape`` for ``role``, reused across chunks and calls (per thread).
 
-        Only the leading part of each row is ever written (the signal), so the zero padding
-        the FFT needs is paid once instead of once per chunk.
+        "input" buffers start zeroed and only the leading part of each row is ever written
+        (the signal), so the zero padding the FFT needs is paid once instead of once per chunk.
+        Reuse also spares a fresh allocation per chunk: a 4 MiB array taken from the OS is
+        page-faulted in again on every call (rfft of 1024 float32 rows of 131072 points in
+        chunks of 32 rows: 0.86 s with fresh outputs, 0.37 s into a reused one).
         """
         cache = self._tls.__dict__.setdefault("buffers", {})
-        key = (shape, np.dtype(dtype).str)
+        key = (shape, np.dtype(dtype).str, role)
         buf = cache.get(key)
         if buf is None:
-            if len(cache) >= 4:
+            if len(cache) >= 8:
                 cache.clear()
             buf = cache[key] = np.zeros(shape, dtype=dtype)
         return buf
 
     def _fft_conv(self, buf, K, n):
-        """Circular convolution of the rows of ``buf`` (..., n) with spectra ``K``."""
+        """Circular convolution of the rows of ``buf`` (..., n) with spectra ``K``.
+
+        ``K`` carries the 1/n of the inverse transform, so both transforms run unnormalised.
+        The result lives in a per-thread scratch buffer: use it before the next call.
+        """
         w = getattr(self._tls, "fft_workers", self.workers)
+        axes = (buf.ndim - 1,)
+        lead = buf.shape[:-1]
+        cdt = np.result_type(buf.dtype, np.complex64)
+        if _pocketfft is not None:
+            if self.is_complex:
+                X = self._scratch(lead + (n,), cdt, "spectrum")
+                _pocketfft.c2c(buf, axes, True, 0, X, w)
+                np.multiply(X, K, out=X)
+                return _pocketfft.c2c(X, axes, False, 0, X, w)
+            X = self._scratch(lead + (n // 2 + 1,), cdt, "spectrum")
+            _pocketfft.r2c(buf, axes, True, 0, X, w)
+            np.multiply(X, K, out=X)
+            y = self._scratch(lead + (n,), buf.dtype, "result")
+            return _pocketfft.c2r(X, axes, n, False, 0, y, w)
         if self.is_complex:
             X = sp_fft.fft(buf, axis=-1, workers=w)
             np.multiply(X, K, out=X)
-            return sp_fft.ifft(X, n, axis=-1, workers=w, overwrite_x=True)
+            return sp_fft.ifft(X, n, axis=-1, norm="forward", workers=w, overwrite_x=True)
         X = sp_fft.rfft(buf, axis=-1, workers=w)
         np.multiply(X, K, out=X)
-        return sp_fft.irfft(X, n, axis=-1, workers=w, overwrite_x=True)
+        return sp_fft.irfft(X, n, axis=-1, norm="forward", workers=w, overwrite_x=True)
 
     def _load(self, buf, xin, pregate):
         """Write ``pregate * xin`` into the leading ``L`` points of the rows of ``buf``."""

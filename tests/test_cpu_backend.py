@@ -179,3 +179,12 @@ def test_peak_memory_within_three_times_input_plus_output(rng):
     ours, theirs = peaks
     assert x.nbytes + ours <= 3 * (x.nbytes + y.nbytes)
     assert ours < 0.6 * theirs
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "complex128"])
+def test_public_scipy_fft_fallback(rng, monkeypatch, mode, dtype):
+    monkeypatch.setattr(_cpu, "_pocketfft", None)
+    for L, Lk in [(300, 41), (50_000, 65)]:
+        plan, y, ref = run(rng, 2, 3, 3, L, Lk, mode, dtype=dtype)
+        testing.assert_close(y, ref)
