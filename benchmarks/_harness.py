@@ -195,7 +195,12 @@ def _dist_version(name: str) -> str:
 
 
 def git_sha() -> str:
-    """Commit of the source tree, with ``-dirty`` when it has uncommitted changes."""
+    """Commit of the source tree, with ``-dirty`` when it has uncommitted changes.
+
+    ``BENCH_GIT_SHA`` overrides it (for copies of the tree without git metadata).
+    """
+    if os.environ.get("BENCH_GIT_SHA"):
+        return os.environ["BENCH_GIT_SHA"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=HERE,
                              capture_output=True, text=True, check=True).stdout.strip()
