@@ -59,11 +59,11 @@ def _product_mode(ret, s1, mode, xp):
 
 @contextlib.contextmanager
 def _workers(workers):
-    if workers is None:
+    """scipy.fft's threads for the calls inside (default: every CPU, as the CPU backend)."""
+    from ._cpu import default_workers
+
+    with sp_fft.set_workers(default_workers() if workers is None else workers):
         yield
-    else:
-        with sp_fft.set_workers(workers):
-            yield
 
 
 def _precision_dtype(dtype, precision):
