@@ -174,6 +174,9 @@ class LongConv:
         self._k_shape = tuple(arr.shape)
         self._k_dtype = kdt
         self._k = arr.reshape(1, -1) if arr.ndim == 1 else arr
+        if kdt == "bfloat16":
+            # backends receive filters as numbers, never as bfloat16 bit patterns (exact)
+            self._k = _arrays.bf16_to_float32(self._k, _arrays.xp_of(self._k))
         self.H = self._k.shape[0] if arr.ndim == 2 else 1
 
     def _plan(self, device, io_dtype):

@@ -106,3 +106,16 @@ def test_device_cpu_explicit(rng):
     assert plan.backend == "cpu"
     x = testing.random_array(rng, (50,))
     testing.assert_close(plan(x), testing.reference_convolve(x, k))
+
+
+def test_bfloat16_bit_patterns_with_dtype(rng):
+    L = 300
+    x = testing.random_array(rng, (2, 4, L), "bfloat16")
+    k = testing.random_array(rng, (4, L), "bfloat16")
+    gate = testing.random_array(rng, (2, 4, L), "bfloat16")
+    plan = LongConv(k, L, dtype="bfloat16")
+    y = plan(x, pregate=gate)
+    assert y.dtype == np.uint16 and y.shape == x.shape
+    ref = testing.reference_convolve(x, k, pregate=gate, dtype="bfloat16")
+    testing.assert_close(y, ref, "bfloat16")
+    assert "bfloat16" in repr(plan)
