@@ -28,6 +28,12 @@ __device__ __forceinline__ u16 f32_to_bf16(float f) {
   return h;
 }
 
+__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
+  u32 r;
+  asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
 // Two floats -> one register of two 16-bit values of kind T (lo in bits 0..15).
 template <int T> __device__ __forceinline__ u32 pack2(float lo, float hi);
 template <> __device__ __forceinline__ u32 pack2<LC_F16>(float lo, float hi) {

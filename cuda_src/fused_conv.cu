@@ -56,16 +56,30 @@ __device__ __forceinline__ void warp_range(int items, int& begin, int& end) {
   end = min(items, begin + per);
 }
 
-// Outer stage over every pair of the tile: radix 2^lr at stride 2^ls (see outer_tc.cuh).
-template <bool INV, bool POSTTW>
+// Outer stage over every pair of the tile: radix 2^lr at stride 2^ls (see outer_tc.cuh). SCALED:
+// the radix-16 stage after a radix-r1 one, whose matrix carries W_N^(256 k p) for segment k.
+template <bool INV, bool SCALED>
 __device__ __forceinline__ void outer_all(const ConvParams& p, const tile_ctx& tc, int lr, int ls) {
   const int lane = threadIdx.x & 31, n = p.n, lb = 31 - __clz(n >> 8);  // log2 blocks per pair
-  const frag_table& mat = lr == 4 ? (INV ? tc.bt->gb : tc.bt->fb) : (INV ? tc.bt->og : tc.bt->ob);
+  const block_tables& bt = *tc.bt;
+  fragA mr, mi, mni;
+  if (!SCALED) {
+    const frag_table& mat = lr == 4 ? (INV ? bt.gb : bt.fb) : (INV ? bt.og : bt.ob);
+    load_frags(mat, lane, mr, mi, mni);
+  }
+  const wsource w{p.wtab, p.wtn, n};
+  int cur = -1;
   int it, end;
   warp_range(tc.npairs << lb, it, end);
   for (; it < end; ++it) {
+    const int b = it & ((1 << lb) - 1);
+    if (SCALED && (b >> 4) != cur) {
+      cur = b >> 4;
+      if (INV) scaled_rows_conj(bt, w, 16 * cur, lane, mr, mi, mni);
+      else scaled_cols(bt, w, 16 * cur, 0.25f, lane, mr, mi, mni);
+    }
     u16* re = tc.sm + 2 * n * (it >> lb);
-    outer_stage<LC_MT, INV, POSTTW>(re, re + n, it & ((1 << lb) - 1), lr, ls, mat, p.wtn, n, lane);
+    outer_stage<LC_MT>(re, re + n, b, lr, ls, mr, mi, mni, lane);
   }
 }
 
@@ -80,7 +94,20 @@ template <int IO> __device__ __forceinline__ void copy_in(const ConvParams& p, c
     const bool live = b < p.B;
     const i64 row = (b * p.H + tc.h) * p.L;
     u16* plane = tc.sm + n * r;
-    {
+    if (IO == LC_F16 && vec) {
+      // fp16 in, fp16 operands, unit scale (fp16 inputs are never prescaled): copy the bits;
+      // the pregate product in f16x2 rounds exactly like fp32 multiply-then-round.
+      uint4 a = uint4{0u, 0u, 0u, 0u};
+      if (live && t < L) {
+        a = __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const u16*>(p.x) + row + t));
+        if (p.pregate) {
+          const uint4 g =
+              __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const u16*>(p.pregate) + row + t));
+          a = uint4{hmul2(a.x, g.x), hmul2(a.y, g.y), hmul2(a.z, g.z), hmul2(a.w, g.w)};
+        }
+      }
+      *reinterpret_cast<uint4*>(plane + smem_index(t)) = a;
+    } else {
       float v[8];
       if (live && t < L) {
         load8<IO>(p.x, row, t, L, vec, v);
@@ -196,8 +223,11 @@ __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& t
   const block_tables& bt = *tc.bt;
   const int lane = threadIdx.x & 31;
   const int n = p.n, nseg = n >> 8;
-  // The outer stage next to the segments: radix nseg (<= 16, segment length N) or 16 (length 4096).
-  const int M = nseg <= 16 ? n : 4096;
+  // Folded twiddle W_N^(k (16 p + q)) of segment s: k = s with one outer stage; with two
+  // (radix r1 = nseg / 16, then 16), segment s = 16 k1 + k2 of 4096-segment k1 gets
+  // W_4096^(k2 j) W_N^(k1 j) = W_N^((r1 k2 + k1) j).
+  const wsource w{p.wtab, p.wtn, n};
+  const int r1 = nseg >> 4;
   seg_consts sc;
   int cur = -1;
   int it, end;
@@ -209,7 +239,7 @@ __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& t
       ++seg;
     }
     if (seg != cur) {
-      sc.init(bt, p.wtab, seg & (M / 256 - 1), M, lane);
+      sc.init(bt, w, nseg <= 16 ? seg : r1 * (seg & 15) + (seg >> 4), lane);
       cur = seg;
     }
     u16* re = tc.sm + 2 * n * i;
@@ -246,9 +276,9 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
     copy_in<IO>(p, tc);
     __syncthreads();
     if (two) {
-      outer_all<false, true>(p, tc, lr1, 12);
+      outer_all<false, false>(p, tc, lr1, 12);
       __syncthreads();
-      outer_all<false, false>(p, tc, 4, 8);
+      outer_all<false, true>(p, tc, 4, 8);
       __syncthreads();
     } else if (nseg > 1) {
       outer_all<false, false>(p, tc, lr1, 8);

@@ -99,44 +99,68 @@ struct block_tables {
   }
 };
 
-// Constants of one segment. The twiddle of the outer stage next to this one,
-// W_M^(k (16 p + q)) on element (p, q) of row k of a stage with segment length M, splits into
+// W_M^j for the twiddles folded into the tensor-core stages: from W_4096 (wtab) when M divides
+// 4096, else from the two-level table of W_N (wtn: W_N^j for j < 64, then W_N^(64 j)).
+struct wsource {
+  const float2* __restrict__ wtab;
+  const float2* __restrict__ wtn;
+  int m;
+  __device__ __forceinline__ cf operator()(int j) const {
+    j &= m - 1;
+    if (m <= 4096) {
+      const float2 v = __ldg(wtab + j * (4096 / m));
+      return cf{v.x, v.y};
+    }
+    const float2 a = __ldg(wtn + (j & 63)), b = __ldg(wtn + 64 + (j >> 6));
+    return cmul(cf{a.x, a.y}, cf{b.x, b.y});
+  }
+};
+
+// A fragments of s * F diag(w(16 kk p)): DFT_16 with its columns p scaled.
+__device__ __forceinline__ void scaled_cols(const block_tables& bt, const wsource& w, int kk, float s,
+                                            int lane, fragA& fr, fragA& fi, fragA& nfi) {
+  const int c = lane & 3;
+  cf wc[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) wc[i] = w(16 * kk * (2 * c + (i & 1) + 8 * (i >> 1)));
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const cf a0 = cmul(bt.fbase[2 * i][lane], wc[2 * (i >> 1)]);
+    const cf a1 = cmul(bt.fbase[2 * i + 1][lane], wc[1 + 2 * (i >> 1)]);
+    fr.r[i] = pack2<LC_F16>(s * a0.re, s * a1.re);
+    fi.r[i] = pack2<LC_F16>(s * a0.im, s * a1.im);
+    nfi.r[i] = pack2<LC_F16>(-s * a0.im, -s * a1.im);
+  }
+}
+
+// A fragments of conj(diag(w(16 kk p)) F): conj(DFT_16) with its rows p scaled by conj(w).
+__device__ __forceinline__ void scaled_rows_conj(const block_tables& bt, const wsource& w, int kk,
+                                                 int lane, fragA& gr, fragA& gi, fragA& ngi) {
+  const int g = lane >> 2;
+  const cf wr[2] = {w(16 * kk * g), w(16 * kk * (g + 8))};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const cf b0 = cmul(bt.fbase[2 * i][lane], wr[i & 1]);
+    const cf b1 = cmul(bt.fbase[2 * i + 1][lane], wr[i & 1]);
+    gr.r[i] = pack2<LC_F16>(b0.re, b1.re);
+    gi.r[i] = pack2<LC_F16>(-b0.im, -b1.im);
+    ngi.r[i] = pack2<LC_F16>(b0.im, b1.im);
+  }
+}
+
+// Constants of one segment. The twiddle of the outer stages before it, W_M^(k (16 p + q)) on
+// element (p, q) of the segment (k and M from the decomposition, see inner_all), splits into
 // W_M^(16 k p), a column scaling folded into stage a's matrix (a row scaling of stage a''s), and
-// W_M^(k q), folded into the 256-point twiddle. wtab holds W_4096^j, j < 4096 (M divides 4096).
+// W_M^(k q), folded into the 256-point twiddle.
 struct seg_consts {
   fragA fr, fi, nfi;  // stage a:  F[k2][p] W_M^(16 k p) / 4
   fragA gr, gi, ngi;  // stage a': conj(F[p][k2] W_M^(16 k p))
   cf tw[2][4];        // W_256^(k2 q) W_M^(k q)
 
-  __device__ __forceinline__ void init(const block_tables& bt, const float2* __restrict__ wtab,
-                                       int k, int M, int lane) {
-    const int g = lane >> 2, c = lane & 3, step = 4096 / M;
-    auto w = [&](int j) {
-      const float2 v = __ldg(wtab + ((j & (M - 1)) * step));
-      return cf{v.x, v.y};
-    };
-    cf wcol[4], wrow[2];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) wcol[i] = w(16 * k * (2 * c + (i & 1) + 8 * (i >> 1)));
-    wrow[0] = w(16 * k * g);
-    wrow[1] = w(16 * k * (g + 8));
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      cf a[2], b[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const cf f = bt.fbase[2 * i + h][lane];
-        a[h] = cmul(f, wcol[h + 2 * (i >> 1)]);
-        const cf r = cmul(f, wrow[i & 1]);
-        b[h] = cf{r.re, -r.im};
-      }
-      fr.r[i] = pack2<LC_F16>(0.25f * a[0].re, 0.25f * a[1].re);
-      fi.r[i] = pack2<LC_F16>(0.25f * a[0].im, 0.25f * a[1].im);
-      nfi.r[i] = pack2<LC_F16>(-0.25f * a[0].im, -0.25f * a[1].im);
-      gr.r[i] = pack2<LC_F16>(b[0].re, b[1].re);
-      gi.r[i] = pack2<LC_F16>(b[0].im, b[1].im);
-      ngi.r[i] = pack2<LC_F16>(-b[0].im, -b[1].im);
-    }
+  __device__ __forceinline__ void init(const block_tables& bt, const wsource& w, int k, int lane) {
+    const int c = lane & 3;
+    scaled_cols(bt, w, k, 0.25f, lane, fr, fi, nfi);
+    scaled_rows_conj(bt, w, k, lane, gr, gi, ngi);
 #pragma unroll
     for (int t = 0; t < 2; ++t)
 #pragma unroll

@@ -39,16 +39,16 @@ def outer_inverse(z, size, r, twiddle=True):
     return np.einsum("pk,...ks->...ps", dft(r, +1), seg).reshape(z.shape)
 
 
-def inner_conv(z, kl, M):
-    """Every 256-point segment: stages a, b, product, b', a' of inner256.cuh, with the twiddle of
-    the neighbouring outer stage (segment length M) folded in as seg_consts does."""
+def inner_conv(z, kl, M, kfold):
+    """Every 256-point segment: stages a, b, product, b', a' of inner256.cuh, with the outer
+    stages' twiddle W_M^(k (16 p + q)), k = kfold(segment), folded in as seg_consts does."""
     n = z.shape[-1]
     F = dft(16)
     k2, q = np.arange(16)[:, None], np.arange(16)[None, :]
     order = _fused._inner_order()
     out = np.empty_like(z)
     for s in range(n // 256):
-        k = s % (M // 256)
+        k = kfold(s)
         p = np.arange(16)
         Fa = F * np.exp(-2j * np.pi * 16 * k * p / M)[None, :]           # column scaling
         Ga = (F * np.exp(-2j * np.pi * 16 * k * p / M)[:, None]).conj()  # row scaling
@@ -64,6 +64,21 @@ def inner_conv(z, kl, M):
     return out
 
 
+def mid_stage(z, n, inverse):
+    """Radix 16 at stride 256 on each 4096-point segment k, its matrix carrying W_N^(256 k p)."""
+    F = dft(16)
+    p = np.arange(16)
+    out = np.empty_like(z)
+    for k in range(n // 4096):
+        seg = z[4096 * k: 4096 * (k + 1)].reshape(16, 256)
+        w = np.exp(-2j * np.pi * 256 * k * p / n)
+        if inverse:
+            out[4096 * k: 4096 * (k + 1)] = ((F * w[:, None]).conj() @ seg).reshape(-1)
+        else:
+            out[4096 * k: 4096 * (k + 1)] = ((F * w[None, :]) / 4 @ seg).reshape(-1)
+    return out
+
+
 def model(x0, x1, k, mode):
     """What the kernel computes for one pair of sequences, in float64."""
     L, Lk = x0.shape[-1], k.shape[-1]
@@ -76,16 +91,20 @@ def model(x0, x1, k, mode):
     kl = spec[_fused.spectrum_order(n).reshape(-1)].reshape(n // 256, 32, 8)
     z = np.zeros(n, complex)
     z[:L] = x0 + 1j * x1
-    radices = _fused._outer_radices(n)
-    size = n
-    for i, r in enumerate(radices):
-        z = outer_forward(z, size, r, twiddle=i < len(radices) - 1)
-        size //= r
-    M = 256 * radices[-1] if radices else 256
-    z = inner_conv(z, kl, M)
-    for i, r in reversed(list(enumerate(radices))):
-        size *= r
-        z = outer_inverse(z, size, r, twiddle=i < len(radices) - 1)
+    nseg = n // 256
+    if nseg <= 16:
+        if nseg > 1:
+            z = outer_forward(z, n, nseg, twiddle=False)
+        z = inner_conv(z, kl, n, lambda s: s)
+        if nseg > 1:
+            z = outer_inverse(z, n, nseg, twiddle=False)
+    else:
+        r1 = nseg // 16
+        z = outer_forward(z, n, r1, twiddle=False)
+        z = mid_stage(z, n, inverse=False)
+        z = inner_conv(z, kl, n, lambda s: r1 * (s % 16) + s // 16)
+        z = mid_stage(z, n, inverse=True)
+        z = outer_inverse(z, n, r1, twiddle=False)
     if fold:
         z = z[:fold] + z[fold: 2 * fold]
         return z.real, z.imag
