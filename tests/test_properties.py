@@ -106,3 +106,22 @@ def test_commutative_full(rng, dtype):
     a = testing.random_array(rng, (3, 500), dtype)
     b = testing.random_array(rng, (3, 77), dtype)
     testing.assert_close(fftconvolve_long(a, b, axes=-1), fftconvolve_long(b, a, axes=-1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 3), max_size=2), st.integers(1, 4), lengths, lengths,
+       st.booleans(), st.booleans(), st.sampled_from(["float32", "float64", "complex128"]),
+       st.integers(0, 2**32 - 1))
+def test_convolve_random_shapes_against_oracle(lead, H, L, Lk, causal, gated, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = testing.random_array(rng, (*lead, H, L), dtype)
+    k = testing.random_array(rng, (H, Lk), "float32")
+    kw = {}
+    if gated:
+        kw = {"pregate": testing.random_array(rng, (H, L)),
+              "postgate": testing.random_array(rng, (*lead, H, L)),
+              "skip": testing.random_array(rng, (H,))}
+    y = convolve(x, k, causal, **kw)
+    assert y.shape == x.shape
+    assert y.dtype == np.dtype(dtype)
+    testing.assert_close(y, testing.reference_convolve(x, k, causal, **kw), dtype)

@@ -60,15 +60,18 @@ def compare(in1, in2, *args, **kwargs):
 
 @st.composite
 def conv_problems(draw):
-    ndim = draw(st.integers(1, 3))
-    s1 = [draw(st.sampled_from([1, 1, 2, 3, 5, 8, 13, 31])) for _ in range(ndim)]
+    ndim = draw(st.sampled_from([0, 1, 1, 2, 2, 3]))
+    s1 = [draw(st.sampled_from([0, 1, 1, 2, 3, 5, 8, 13, 31])) for _ in range(ndim)]
     s2 = []
     for s in s1:
         s2.append(draw(st.sampled_from([s, 1, 2, 4, 9, 17, 40])))
+    if draw(st.integers(0, 9)) == 0:
+        s2 = s2 + [2]
     axes = draw(st.one_of(
         st.none(),
-        st.integers(-ndim, ndim - 1),
-        st.lists(st.integers(-ndim, ndim - 1), min_size=1, max_size=ndim, unique=True),
+        st.integers(-max(ndim, 1), max(ndim, 1) - 1),
+        st.lists(st.integers(-max(ndim, 1), max(ndim, 1) - 1), min_size=0, max_size=ndim,
+                 unique=True),
     ))
     mode = draw(st.sampled_from(["full", "same", "valid"]))
     d1 = draw(st.sampled_from(DTYPES))
