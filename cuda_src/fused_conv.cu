@@ -67,7 +67,7 @@ __device__ __forceinline__ void outer_all(const ConvParams& p, const tile_ctx& t
     const frag_table& mat = lr == 4 ? (INV ? bt.gb : bt.fb) : (INV ? bt.og : bt.ob);
     load_frags(mat, lane, mr, mi, mni);
   }
-  const wsource w{p.wtab, p.wtn, n};
+  const wsource w(p.wtab, p.wtn, n);
   int cur = -1;
   int it, end;
   warp_range(tc.npairs << lb, it, end);
@@ -226,7 +226,7 @@ __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& t
   // Folded twiddle W_N^(k (16 p + q)) of segment s: k = s with one outer stage; with two
   // (radix r1 = nseg / 16, then 16), segment s = 16 k1 + k2 of 4096-segment k1 gets
   // W_4096^(k2 j) W_N^(k1 j) = W_N^((r1 k2 + k1) j).
-  const wsource w{p.wtab, p.wtn, n};
+  const wsource w(p.wtab, p.wtn, n);
   const int r1 = nseg >> 4;
   seg_consts sc;
   int cur = -1;

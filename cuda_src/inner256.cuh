@@ -104,11 +104,13 @@ struct block_tables {
 struct wsource {
   const float2* __restrict__ wtab;
   const float2* __restrict__ wtn;
-  int m;
+  int m, sh;  // sh = log2(4096 / m) when m <= 4096
+  __device__ __forceinline__ wsource(const float2* tab, const float2* tn, int m_)
+      : wtab(tab), wtn(tn), m(m_), sh(m_ <= 4096 ? 12 - (31 - __clz(m_)) : 0) {}
   __device__ __forceinline__ cf operator()(int j) const {
     j &= m - 1;
     if (m <= 4096) {
-      const float2 v = __ldg(wtab + j * (4096 / m));
+      const float2 v = __ldg(wtab + (j << sh));
       return cf{v.x, v.y};
     }
     const float2 a = __ldg(wtn + (j & 63)), b = __ldg(wtn + 64 + (j >> 6));
