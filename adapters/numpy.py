@@ -8,7 +8,8 @@ KIND = "numpy"
 
 
 def is_array(obj):
-    return isinstance(obj, (np.ndarray, np.generic))
+    """NumPy arrays; NumPy scalars (``np.float32(2)``) count as plain numbers, like Python's."""
+    return isinstance(obj, np.ndarray)
 
 
 def device(obj):

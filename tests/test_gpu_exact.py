@@ -191,3 +191,11 @@ def test_poisoned_output_fully_written(cp, rng):
     y = plan(cp.asarray(x))
     testing.assert_all_written(y)
     testing.assert_close(y, testing.reference(x, k, "causal"))
+
+
+def test_numpy_scalars_mix_with_cupy_arrays(cp, rng):
+    x = testing.random_array(rng, (2, 3, 200), "float32")
+    k = testing.random_array(rng, (3, 50), "float32")
+    y = convolve(cp.asarray(x), cp.asarray(k), pregate=np.float32(2.0), skip=np.float64(0.5))
+    assert isinstance(y, cp.ndarray)
+    testing.assert_close(y, testing.reference_convolve(x, k, pregate=2.0, skip=0.5), "float32")
