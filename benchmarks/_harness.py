@@ -223,6 +223,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask), else all of the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def gpu_name() -> str:
     """Name of the current CUDA device, or an empty string without one."""
     try:
@@ -243,7 +251,8 @@ def machine_info() -> dict[str, str]:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_sha": git_sha(),
         "cpu": cpu_model(),
-        "cpu_cores": str(os.cpu_count()),
+        "cpu_cores": str(usable_cores()),
+        "cpu_cores_total": str(os.cpu_count()),
         "load_avg_1min": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "",
         "gpu": gpu_name(),
         "python": platform.python_version(),

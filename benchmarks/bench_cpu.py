@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -42,13 +41,6 @@ import longconv  # noqa: E402
 from longconv import _cpu  # noqa: E402
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
-
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def cases(quick: bool):
@@ -116,7 +108,7 @@ def main(argv=None) -> int:
                              "cpu-quick with --quick); 'none' writes nothing")
     args = parser.parse_args(argv)
 
-    cores = usable_cores()
+    cores = _harness.usable_cores()
     info = _harness.machine_info()
     print(f"# {info['cpu']}, {cores} usable cores; numpy {info['numpy']}, scipy "
           f"{info['scipy']}, longconv {info['longconv']} ({info['git_sha']}); load average "
