@@ -275,6 +275,9 @@ __device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const s
   mma_ab0(ci, kc.gr, ei);
   mma_ab<T>(ci, kc.gi, er);
 
+  // In place: every lane's reads of this segment precede any lane's writes (the mma.sync chain
+  // already orders them; the barrier states it for the memory model and for racecheck).
+  __syncwarp();
   store_block<T>(re, row_pos, cr, lane);
   store_block<T>(im, row_pos, ci, lane);
 }

@@ -31,6 +31,7 @@ __device__ __forceinline__ void outer_stage(u16* re, u16* im, int blk, int lr, i
   mma_ab<T>(cr, mni, xi);
   mma_ab0(ci, mr, xi);
   mma_ab<T>(ci, mi, xr);
+  __syncwarp();  // in place: all reads of the block before any write
   store_block<T>(re, row_pos, cr, lane);
   store_block<T>(im, row_pos, ci, lane);
 }
