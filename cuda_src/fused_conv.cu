@@ -193,19 +193,27 @@ __device__ __forceinline__ void fold_store(const ConvParams& p, const tile_ctx& 
   }
 }
 
-// Largest |pregate * x| of the tile, reduced over the block (every thread gets it).
+// Largest |pregate * x| of the tile, reduced over the block (every thread gets it); eight
+// elements per thread and step, as the load phase reads them.
 template <int IO> __device__ float tile_max_abs(const ConvParams& p, const tile_ctx& tc, float* red) {
   float m = 0.f;
-  const i64 b0 = 2 * tc.pair0;
-  const int rows = (int)(p.B - b0 < 2 * tc.npairs ? p.B - b0 : 2 * tc.npairs);
-  const int L = (int)p.L;
-  for (int r = 0; r < rows; ++r) {
-    const i64 row = ((b0 + r) * p.H + tc.h) * p.L;
-    for (int t = threadIdx.x; t < L; t += LC_THREADS) {
-      float v = load_io<IO>(p.x, row + t);
-      if (p.pregate) v *= load_io<IO>(p.pregate, row + t);
-      m = fmaxf(m, fabsf(v));
+  const int n = p.n, L = (int)p.L, lg = 28 - __clz(n);  // log2(n / 8)
+  const int rows = (int)min((i64)2 * tc.npairs, p.B - 2 * tc.pair0);
+  const bool vec = p.vec_in;
+  for (int w = threadIdx.x; w < rows << lg; w += LC_THREADS) {
+    const int r = w >> lg, t = (w & ((1 << lg) - 1)) << 3;
+    if (t >= L) continue;
+    const i64 row = ((2 * tc.pair0 + r) * p.H + tc.h) * p.L;
+    float v[8];
+    load8<IO>(p.x, row, t, L, vec, v);
+    if (p.pregate) {
+      float g[8];
+      load8<IO>(p.pregate, row, t, L, vec, g);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] *= g[e];
     }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
   }
 #pragma unroll
   for (int s = 16; s > 0; s >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, s));
