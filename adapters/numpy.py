@@ -28,9 +28,9 @@ def from_backend(array, logical_dtype, like=None):
         array = array.get()
     array = np.asarray(array)
     if logical_dtype == "bfloat16":
-        try:
-            from ml_dtypes import bfloat16
-        except ImportError:
-            return array
-        return array.view(bfloat16)
+        # The caller's own representation: a NumPy bfloat16 dtype (ml_dtypes, as JAX uses on
+        # the host) stays one; uint16 bit patterns stay bit patterns.
+        like_dtype = getattr(like, "dtype", None)
+        if getattr(like_dtype, "name", None) == "bfloat16":
+            return array.view(like_dtype)
     return array

@@ -119,3 +119,17 @@ def test_bfloat16_bit_patterns_with_dtype(rng):
     ref = testing.reference_convolve(x, k, pregate=gate, dtype="bfloat16")
     testing.assert_close(y, ref, "bfloat16")
     assert "bfloat16" in repr(plan)
+
+
+def test_bfloat16_numpy_dtype_round_trip(rng):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    L = 257
+    x = testing.random_array(rng, (3, 2, L), "bfloat16")
+    k = testing.random_array(rng, (2, L), "bfloat16")
+    xb = x.view(ml_dtypes.bfloat16)
+    y = LongConv(k.view(ml_dtypes.bfloat16), L)(xb)
+    assert y.dtype == ml_dtypes.bfloat16 and y.shape == x.shape
+    y_bits = LongConv(k, L, dtype="bfloat16")(x)
+    assert y_bits.dtype == np.uint16
+    np.testing.assert_array_equal(y.view(np.uint16), y_bits)
+    testing.assert_close(y_bits, testing.reference_convolve(x, k, dtype="bfloat16"), "bfloat16")
