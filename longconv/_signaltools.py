@@ -13,7 +13,7 @@ import math
 import numpy as np
 import scipy.fft as sp_fft
 
-from . import _arrays, _validate
+from . import _arrays, _dask, _validate
 from ._plan import LongConv, _select_backend
 
 # dtypes the one-axis fast path serves; anything else NumPy can hold (long double, object,
@@ -146,6 +146,10 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     >>> fftconvolve_long(x, np.ones((1, 5)) / 5, mode="same", axes=-1).shape
     (8, 10000)
     """
+    if _dask.is_dask(in1) or _dask.is_dask(in2):
+        return _dask.fftconvolve_long(in1, in2, mode, axes, precision=precision,
+                                      kernel_len=kernel_len, freq_keep=freq_keep,
+                                      workers=workers)
     precision = _validate.check_precision(precision)
     kernel_len = _validate.check_kernel_len(kernel_len)
     freq_keep = _validate.check_freq_keep(freq_keep)
@@ -375,9 +379,16 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     >>> convolve(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0]))
     array([1., 3., 5.])
     """
+    if any(_dask.is_dask(a) for a in (x, k, pregate, postgate, skip)):
+        return _dask.convolve(x, k, causal, pregate=pregate, postgate=postgate, skip=skip,
+                              precision=precision, kernel_len=kernel_len, freq_keep=freq_keep)
     causal = _validate.check_causal(causal)
     ad = _arrays.common_adapter({"x": x, "k": k, "pregate": pregate, "postgate": postgate,
                                  "skip": skip})
+    own = getattr(ad, "convolve", None)
+    if own is not None:
+        return own(x, k, causal, pregate=pregate, postgate=postgate, skip=skip,
+                   precision=precision, kernel_len=kernel_len, freq_keep=freq_keep)
     xa, xdt = _arrays.to_backend(x, ad)
     _validate.check_numeric_dtype(xdt, "x")
     _validate.check_signal(xa.shape)

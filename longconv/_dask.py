@@ -1,0 +1,280 @@
+"""Dask arrays: lazy convolutions whose chunks run through the in-memory paths.
+
+:func:`longconv.fftconvolve_long` and :func:`longconv.convolve` hand any call with a
+``dask.array.Array`` argument to this module and return a lazy ``dask.array.Array``.
+
+* Chunks along the batch / channel axes are independent: each block is convolved by the
+  in-memory function (NumPy blocks on the CPU backend, CuPy blocks on the GPU), with the rows of
+  the filter bank that belong to the block.
+* A time axis in one chunk is convolved per block exactly as in memory (every mode and option).
+* A time axis in several chunks is convolved by causal overlap-save: block ``i`` (starting at
+  sample ``s``) is extended on the left by a halo of ``h = Lk - 1`` samples taken from the end
+  of block ``i - 1`` (zeros before the first block), convolved causally, and the ``h`` leading
+  outputs are dropped::
+
+      x chunks        |---- c0 ----|------ c1 ------|---- c2 ----|
+      block 1 input         |- h -|------ c1 ------|          h = Lk - 1 halo from block 0
+      block 1 output               |------ c1 ------|          causal outputs s .. s + c1 - 1
+
+  ``full``, ``same`` and ``valid`` (and ``convolve(causal=False)``) are windows of the causal
+  convolution of the signal padded on the right with zeros, so they reuse it and slice. The
+  halo must come from one neighbouring block, so every chunk of the time axis (but the last)
+  must hold at least ``h`` samples; otherwise a ``ValueError`` says how to rechunk.
+  ``mode="circular"`` and ``freq_keep`` depend on the whole signal's length and need the time
+  axis in one chunk.
+
+Filters (``in2`` / ``k``) and ``skip`` are small and held in memory: a dask filter is computed
+when the graph is built. Gates and ``skip`` are applied as lazy element-wise operations around
+the convolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate
+
+
+def is_dask(obj) -> bool:
+    """Whether ``obj`` is a ``dask.array.Array`` (without importing dask)."""
+    return (obj is not None and type(obj).__module__.split(".", 1)[0] == "dask"
+            and hasattr(obj, "chunks") and hasattr(obj, "dask"))
+
+
+def _in_memory(obj):
+    """A filter-like operand in memory (a dask array is computed)."""
+    return obj.compute() if is_dask(obj) else obj
+
+
+def _xp(block):
+    if type(block).__module__.split(".", 1)[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def _take(a, axis, start, stop):
+    idx = [slice(None)] * a.ndim
+    idx[axis] = slice(start, stop)
+    return a[tuple(idx)]
+
+
+def _meta(x, dtype):
+    from dask.array.utils import meta_from_array
+
+    return meta_from_array(x, ndim=x.ndim, dtype=np.dtype(dtype))
+
+
+def rechunk_advice(axis_label, halo, chunk, taps):
+    """The ``ValueError`` raised when a time chunk is shorter than the overlap-save halo."""
+    return ValueError(
+        f"the filter has {taps} taps but a chunk of the time axis holds only {chunk} samples; "
+        f"overlap-save needs every chunk of the time axis (but the last) to hold at least "
+        f"kernel_len - 1 = {halo} samples: rechunk the time axis to chunks >= {halo} samples: "
+        f"x.rechunk({{{axis_label}: {halo}}}) (a few times that is faster)"
+    )
+
+
+def _check_halo(chunks, halo, axis_label, taps):
+    for c in chunks[:-1]:
+        if c < halo:
+            raise rechunk_advice(axis_label, halo, c, taps)
+
+
+def _overlap_save(x, axis, halo, block_fn, out_dtype, axis_label, taps):
+    """Causal convolution of ``x`` (dask) along ``axis`` by overlap-save.
+
+    ``block_fn(ext, loc)`` convolves one extended block ``ext`` (halo + block along ``axis``)
+    causally and returns all ``ext.shape[axis]`` outputs; ``loc`` is the block's location
+    (``(start, stop)`` per axis) in ``x``. Returns a dask array with ``x``'s chunks.
+    """
+    import dask.array as da
+
+    chunks = x.chunks[axis]
+    meta = _meta(x, out_dtype)
+    if halo == 0 or len(chunks) == 1:
+        def one(block, block_info=None):
+            return block_fn(block, block_info[0]["array-location"])
+
+        return da.map_blocks(one, x, dtype=out_dtype, meta=meta)
+    _check_halo(chunks, halo, axis_label, taps)
+    ends = np.cumsum(chunks)
+    tails = [da.zeros_like(_take(x, axis, 0, halo))]
+    tails += [_take(x, axis, int(e) - halo, int(e)) for e in ends[:-1]]
+    tails = da.concatenate(tails, axis=axis)
+
+    def extended(block, tail, block_info=None):
+        xp = _xp(block)
+        ext = xp.concatenate([tail.astype(block.dtype, copy=False), block], axis=axis)
+        y = block_fn(ext, block_info[0]["array-location"])
+        return _take(y, axis, halo, None)
+
+    return da.map_blocks(extended, x, tails, dtype=out_dtype, meta=meta)
+
+
+def _pad_right(x, axis, pad):
+    import dask.array as da
+
+    if pad == 0:
+        return x
+    shape = list(x.shape)
+    shape[axis] = pad
+    chunks = list(x.chunks)
+    chunks[axis] = (pad,)
+    zeros = da.zeros_like(x, shape=tuple(shape), chunks=tuple(chunks))
+    return da.concatenate([x, zeros], axis=axis)
+
+
+# --------------------------------------------------------------------------------------------
+# fftconvolve_long
+
+
+def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel_len=None,
+                     freq_keep=None, workers=None):
+    """:func:`longconv.fftconvolve_long` for dask arrays (lazy; see the module docstring)."""
+    import dask.array as da
+
+    from ._signaltools import _scipy_result_dtype
+    from ._signaltools import fftconvolve_long as in_memory
+
+    precision = _validate.check_precision(precision)
+    kernel_len = _validate.check_kernel_len(kernel_len)
+    freq_keep = _validate.check_freq_keep(freq_keep)
+    workers = _validate.check_workers(workers)
+    x = in1 if is_dask(in1) else da.asarray(in1)
+    k = _in_memory(in2)
+    k = k if hasattr(k, "ndim") else np.asarray(k)
+    if x.ndim != k.ndim:
+        raise ValueError(_validate.MSG_NDIM)
+    if x.ndim == 0 or x.size == 0 or k.size == 0:
+        raise NotImplementedError(
+            "dask inputs need at least one dimension and non-empty in1 and in2; got shapes "
+            f"{x.shape} and {k.shape}")
+    if isinstance(mode, str) and mode == "circular":
+        axes_list = _validate.circular_axes(x.shape, k.shape, axes)
+        swap = False
+    else:
+        _validate.check_mode(mode)
+        axes_list, swap = _validate.freq_conv_axes(x.shape, k.shape, mode, axes)
+    if len(axes_list) != 1 or swap:
+        raise NotImplementedError(
+            "dask inputs support a convolution along one axis with in1 at least as long as in2 "
+            f"for mode='valid'; got shapes {x.shape} and {k.shape} with axes={axes!r}")
+    axis = axes_list[0]
+    for i, (n1, n2) in enumerate(zip(x.shape, k.shape, strict=True)):
+        if i != axis and n2 not in (1, n1):
+            raise NotImplementedError(
+                f"dask inputs need in2's length along each non-convolved axis to be 1 or "
+                f"in1's; got shapes {x.shape} and {k.shape} (axis {i})")
+    if kernel_len is not None:
+        k = _take(k, axis, 0, kernel_len)
+    io = _scipy_result_dtype(x.dtype, k.dtype)
+    L, Lk = x.shape[axis], k.shape[axis]
+    label = -1 if axis == x.ndim - 1 else axis
+    kw = dict(precision=precision, freq_keep=freq_keep, workers=workers)
+
+    def filter_for(loc):
+        idx = tuple(slice(None) if i == axis or k.shape[i] == 1 else slice(*loc[i])
+                    for i in range(k.ndim))
+        return k[idx]
+
+    if len(x.chunks[axis]) == 1:
+        def whole(block, block_info=None):
+            kb = filter_for(block_info[0]["array-location"])
+            return in_memory(block, kb, mode=mode, axes=axis, **kw)
+
+        L_out = {"full": L + Lk - 1, "same": L, "valid": L - Lk + 1, "circular": L}[mode]
+        chunks = list(x.chunks)
+        chunks[axis] = (L_out,)
+        return da.map_blocks(whole, x, chunks=tuple(chunks), dtype=io, meta=_meta(x, io))
+    if mode == "circular" or freq_keep is not None:
+        raise NotImplementedError(
+            "mode='circular' and freq_keep depend on the whole signal: rechunk the time axis "
+            f"into one chunk, x.rechunk({{{label}: -1}})")
+    from ._cpu import output_window
+
+    start, L_out = output_window(mode, L, Lk)
+    halo = Lk - 1
+
+    def causal(ext, loc):
+        y = in_memory(ext, filter_for(loc), mode="full", axes=axis, **kw)
+        return _take(y, axis, 0, ext.shape[axis])
+
+    xpad = _pad_right(x, axis, start + L_out - L)
+    y = _overlap_save(xpad, axis, halo, causal, io, label, Lk)
+    return _take(y, axis, start, start + L_out)
+
+
+# --------------------------------------------------------------------------------------------
+# convolve
+
+
+def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, precision=None,
+             kernel_len=None, freq_keep=None):
+    """:func:`longconv.convolve` for dask arrays (lazy; see the module docstring)."""
+    import dask.array as da
+
+    from ._arrays import dtype_name
+    from ._plan import io_dtype_for
+    from ._signaltools import convolve as in_memory
+
+    causal = _validate.check_causal(causal)
+    precision = _validate.check_precision(precision)
+    kernel_len = _validate.check_kernel_len(kernel_len)
+    freq_keep = _validate.check_freq_keep(freq_keep)
+    x = x if is_dask(x) else da.asarray(x)
+    k = _in_memory(k)
+    k = k if hasattr(k, "ndim") else np.asarray(k)
+    _validate.check_numeric_dtype(x.dtype, "x")
+    _validate.check_numeric_dtype(k.dtype, "k")
+    _validate.check_signal(x.shape)
+    _validate.check_filter(k.shape)
+    _validate.check_filter_matches(x.shape, k.shape)
+    skip = _in_memory(skip)
+    dts = [dtype_name(k.dtype)]
+    for name, g in (("pregate", pregate), ("postgate", postgate)):
+        if g is not None:
+            _validate.check_gate(np.shape(g), x.shape, name)
+            dts.append(dtype_name(g.dtype if hasattr(g, "dtype") else np.asarray(g).dtype))
+    if skip is not None:
+        _validate.check_skip(np.shape(skip), x.shape[-2] if x.ndim >= 2 else 1)
+        dts.append(dtype_name(skip.dtype))
+    io = io_dtype_for(dtype_name(x.dtype), *dts)
+    if kernel_len is not None:
+        k = k[..., :kernel_len]
+    L, Lk = x.shape[-1], k.shape[-1]
+    per_channel = k.ndim == 2 and k.shape[0] > 1
+    kw = dict(precision=precision, freq_keep=freq_keep)
+
+    def filter_for(loc):
+        return k[slice(*loc[-2])] if per_channel else k
+
+    # the product takes the finer of both chunkings: keep x's, which the caller chose
+    xg = x if pregate is None else (x * pregate).rechunk(x.chunks)
+    if len(xg.chunks[-1]) == 1:
+        def whole(block, block_info=None):
+            kb = filter_for(block_info[0]["array-location"])
+            return in_memory(block, kb, causal=causal, **kw)
+
+        y = da.map_blocks(whole, xg, dtype=io, meta=_meta(xg, io))
+    else:
+        if freq_keep is not None:
+            raise NotImplementedError(
+                "freq_keep depends on the whole signal: rechunk the time axis into one chunk, "
+                "x.rechunk({-1: -1})")
+
+        def causal_block(ext, loc):
+            return in_memory(ext, filter_for(loc), causal=True, **kw)
+
+        if causal:
+            y = _overlap_save(xg, -1, min(Lk, L) - 1, causal_block, io, -1, Lk)
+        else:
+            start = (Lk - 1) // 2
+            y = _overlap_save(_pad_right(xg, -1, start), -1, Lk - 1, causal_block, io, -1, Lk)
+            y = y[..., start:start + L]
+    if postgate is not None:
+        y = y * postgate
+    if skip is not None:
+        y = y + x * (skip.reshape(-1, 1) if x.ndim >= 2 else skip.reshape(-1))
+    return y.astype(io, copy=False)
