@@ -29,6 +29,8 @@ _REGISTRY = {
     "numpy": "numpy",
     "cupy": "cupy",
     "cupyx": "cupy",
+    "jax": "jax",
+    "jaxlib": "jax",
 }
 
 _loaded = {}

@@ -1,0 +1,353 @@
+"""JAX arrays: round trips, jit, vmap and gradients (CPU), zero-copy on the GPU (gpu marker)."""
+
+import os
+
+# JAX preallocates 75% of GPU memory at its first GPU use; CuPy shares the device in the GPU
+# tests, so allocate on demand instead (set before jax is imported).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import scipy.signal  # noqa: E402
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+import longconv  # noqa: E402
+from longconv import testing  # noqa: E402
+from longconv.adapters import jax as ljax  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _x64():
+    """float64 references need x64; restored for the other test modules afterwards."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+def _jnp_conv(u, k, causal):
+    """Pure-jnp float64 reference of ``conv(u, k)`` along the last axis."""
+    L, Lk = u.shape[-1], k.shape[-1]
+    n = L + Lk - 1
+    full = jnp.fft.irfft(jnp.fft.rfft(u, n) * jnp.fft.rfft(k, n), n)
+    off = 0 if causal else (Lk - 1) // 2
+    return full[..., off:off + L]
+
+
+def _jnp_layer(x, k, causal=True, pregate=None, postgate=None, skip=None):
+    u = x if pregate is None else pregate * x
+    c = _jnp_conv(u, k, causal)
+    y = c if postgate is None else postgate * c
+    if skip is not None:
+        y = y + (skip.reshape(-1, 1) if x.ndim >= 2 else skip.reshape(-1)) * x
+    return y
+
+
+def _rand(rng, shape, dtype=jnp.float64):
+    return jnp.asarray(rng.standard_normal(shape)).astype(dtype)
+
+
+def _rel(a, b):
+    a = np.asarray(jnp.asarray(a, jnp.float64))
+    b = np.asarray(jnp.asarray(b, jnp.float64))
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+# ---------------------------------------------------------------------------------------------
+# eager round trips
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_round_trip_dtypes(rng, dtype, causal):
+    xd = rng.standard_normal((2, 3, 64))
+    kd = rng.standard_normal((3, 40))
+    x = jnp.asarray(xd).astype(dtype)
+    k = jnp.asarray(kd).astype(dtype)
+    y = longconv.convolve(x, k, causal)
+    assert isinstance(y, jax.Array)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    ref = testing.reference_convolve(np.asarray(x.astype(jnp.float64)),
+                                     np.asarray(k.astype(jnp.float64)), causal)
+    assert _rel(y, ref) < 4 * testing.tolerance(dtype)
+
+
+def test_cpu_input_is_shared_not_copied(rng):
+    x = _rand(rng, (3, 128), jnp.float32)
+    arr, dt = ljax.to_backend(x)
+    assert isinstance(arr, np.ndarray) and dt == np.float32
+    assert arr.__array_interface__["data"][0] == x.unsafe_buffer_pointer()
+    bits, dt = ljax.to_backend(x.astype(jnp.bfloat16))
+    assert dt == "bfloat16" and bits.dtype == np.uint16
+
+
+@pytest.mark.parametrize("xshape,kshape", [
+    ((100,), (30,)),
+    ((100,), (1, 30)),
+    ((4, 2, 3, 50), (3, 70)),
+    ((3, 50), (50,)),
+    ((1, 1), (1,)),
+])
+def test_shapes(rng, xshape, kshape):
+    x, k = _rand(rng, xshape), _rand(rng, kshape)
+    for causal in (True, False):
+        y = longconv.convolve(x, k, causal)
+        assert y.shape == x.shape
+        kk = k if k.ndim == 1 or len(xshape) >= 2 else k[0]
+        assert _rel(y, _jnp_layer(x, kk, causal)) < 1e-12
+
+
+def test_fftconvolve_long_and_plan_return_jax(rng):
+    a, b = _rand(rng, (2, 90)), _rand(rng, (2, 33))
+    for mode in ("full", "same", "valid"):
+        y = longconv.fftconvolve_long(a, b, mode=mode, axes=-1)
+        assert isinstance(y, jax.Array)
+        ref = scipy.signal.fftconvolve(np.asarray(a), np.asarray(b), mode=mode, axes=-1)
+        np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-10, atol=1e-10)
+    k = _rand(rng, (3, 20), jnp.float32)
+    plan = longconv.LongConv(k, 64)
+    x = _rand(rng, (2, 3, 64), jnp.float32)
+    y = plan(x, skip=jnp.ones(3, jnp.float32))
+    assert isinstance(y, jax.Array) and y.dtype == jnp.float32
+    ref = _jnp_layer(x.astype(jnp.float64), k.astype(jnp.float64), skip=jnp.ones(3))
+    assert _rel(y, ref) < 1e-5
+
+
+def test_eager_gates_and_skip(rng):
+    x, k = _rand(rng, (2, 3, 64)), _rand(rng, (3, 64))
+    pre, post, skip = _rand(rng, (3, 1)), _rand(rng, (2, 3, 64)), _rand(rng, (3,))
+    y = longconv.convolve(x, k, pregate=pre, postgate=post, skip=skip)
+    assert _rel(y, _jnp_layer(x, k, True, pre, post, skip)) < 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# jit and vmap
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_jit_matches_eager(rng, dtype, causal):
+    x, k = _rand(rng, (2, 3, 48), dtype), _rand(rng, (3, 30), dtype)
+    pre, post, skip = _rand(rng, (3, 48), dtype), _rand(rng, (48,), dtype), _rand(rng, (3,), dtype)
+    f = jax.jit(longconv.convolve, static_argnames="causal")
+    y = f(x, k, causal, pregate=pre, postgate=post, skip=skip)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    eager = longconv.convolve(x, k, causal, pregate=pre, postgate=post, skip=skip)
+    ref = _jnp_layer(*(a.astype(jnp.float64) for a in (x, k)), causal,
+                     *(a.astype(jnp.float64) for a in (pre, post, skip)))
+    tol = 4 * testing.tolerance(dtype)
+    assert _rel(y, ref) < tol and _rel(eager, ref) < tol
+
+
+def test_adapter_convolve_is_the_public_one_under_jit(rng):
+    x, k = _rand(rng, (3, 40)), _rand(rng, (3, 10))
+    a = jax.jit(ljax.convolve)(x, k)
+    b = jax.jit(longconv.convolve)(x, k)
+    assert _rel(a, b) == 0 and _rel(a, _jnp_layer(x, k)) < 1e-12
+
+
+def test_vmap_over_leading_axis(rng):
+    x, k = _rand(rng, (5, 3, 40)), _rand(rng, (3, 25))
+    post = _rand(rng, (5, 3, 40))
+    y = jax.vmap(lambda a, p: longconv.convolve(a, k, postgate=p))(x, post)
+    assert _rel(y, _jnp_layer(x, k, postgate=post)) < 1e-12
+    ks = _rand(rng, (5, 3, 25))
+    y = jax.jit(jax.vmap(lambda a, b: longconv.convolve(a, b, False)))(x, ks)
+    ref = jnp.stack([_jnp_layer(x[i], ks[i], False) for i in range(5)])
+    assert _rel(y, ref) < 1e-12
+    skips = _rand(rng, (5, 3))
+    y = jax.vmap(lambda s: longconv.convolve(x[0], k, skip=s))(skips)
+    ref = jnp.stack([_jnp_layer(x[0], k, skip=skips[i]) for i in range(5)])
+    assert _rel(y, ref) < 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# gradients
+# ---------------------------------------------------------------------------------------------
+
+def _loss(conv, causal, kernel_len=None):
+    def f(x, k, pre, post, skip):
+        y = conv(x, k, causal, pregate=pre, postgate=post, skip=skip)
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.shape[-1]))
+    return f
+
+
+def _ours(x, k, causal, **kw):
+    return longconv.convolve(x, k, causal, **kw)
+
+
+def _ref(x, k, causal, pregate, postgate, skip):
+    return _jnp_layer(x, k, causal, pregate, postgate, skip)
+
+
+_ALL = (0, 1, 2, 3, 4)
+
+
+def _check_grad(rng, causal, L, Lk, jit):
+    x, k = _rand(rng, (2, 3, L)), _rand(rng, (3, Lk))
+    pre, post, skip = _rand(rng, (3, L)), _rand(rng, (2, 1, L)), _rand(rng, (3,))
+    args = (x, k, pre, post, skip)
+    g = jax.grad(_loss(_ours, causal), argnums=_ALL)
+    got = (jax.jit(g) if jit else g)(*args)
+    want = jax.jit(jax.grad(_loss(_ref, causal), argnums=_ALL))(*args)
+    for name, a, b in zip(("x", "k", "pregate", "postgate", "skip"), got, want, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert _rel(a, b) < 1e-11, (name, L, Lk)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_grad_matches_jnp_reference(rng, causal):
+    """Eager; filters shorter, equal and longer than the signal, odd and even lengths."""
+    for L, Lk in [(50, 17), (40, 90), (33, 8)]:
+        _check_grad(rng, causal, L, Lk, jit=False)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_grad_jit_matches_jnp_reference(rng, causal):
+    _check_grad(rng, causal, 40, 90 if causal else 12, jit=True)
+
+
+def test_grad_shared_filter_scalar_skip_and_1d(rng):
+    x, k = _rand(rng, (4, 3, 30)), _rand(rng, (12,))
+    pre, skip = _rand(rng, ()), jnp.asarray(0.5)
+    f = lambda x, k, pre, skip: jnp.sum(  # noqa: E731
+        longconv.convolve(x, k, pregate=pre, skip=skip) ** 2)
+    r = lambda x, k, pre, skip: jnp.sum(_jnp_layer(x, k, True, pre, None, skip) ** 2)  # noqa: E731
+    got = jax.jit(jax.grad(f, (0, 1, 2, 3)))(x, k, pre, skip)
+    want = jax.grad(r, (0, 1, 2, 3))(x, k, pre, skip)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape and _rel(a, b) < 1e-11
+    x1 = _rand(rng, (30,))
+    got = jax.grad(lambda x, k: jnp.sum(longconv.convolve(x, k, False) ** 2), (0, 1))(x1, k)
+    want = jax.grad(lambda x, k: jnp.sum(_jnp_conv(x, k, False) ** 2), (0, 1))(x1, k)
+    for a, b in zip(got, want, strict=True):
+        assert _rel(a, b) < 1e-11
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_grad_kernel_len(rng, causal):
+    x, k = _rand(rng, (2, 40)), _rand(rng, (2, 30))
+    gk = jax.grad(lambda k: jnp.sum(longconv.convolve(x, k, causal, kernel_len=11) ** 2))(k)
+    want = jax.grad(lambda k: jnp.sum(_jnp_conv(x, k[:, :11], causal) ** 2))(k)
+    assert _rel(gk, want) < 1e-11
+    assert not np.any(np.asarray(gk[:, 11:]))
+
+
+def test_check_grads(rng):
+    from jax.test_util import check_grads
+
+    x, k = _rand(rng, (2, 2, 12)), _rand(rng, (2, 7))
+    pre, post, skip = _rand(rng, (2, 12)), _rand(rng, (2, 2, 12)), _rand(rng, (2,))
+    for causal in (True, False):
+        check_grads(lambda *a, c=causal: longconv.convolve(
+            a[0], a[1], c, pregate=a[2], postgate=a[3], skip=a[4]),
+            (x, k, pre, post, skip), order=1, modes=("rev",))
+
+
+def test_grad_float32_and_half_dtypes(rng):
+    x64, k64 = _rand(rng, (2, 3, 64)), _rand(rng, (3, 64))
+    want = jax.grad(lambda x, k: jnp.sum(_jnp_conv(x, k, True) ** 2), (0, 1))(x64, k64)
+    for dtype, tol in (("float32", 1e-5), ("float16", 4e-3), ("bfloat16", 3e-2)):
+        x, k = x64.astype(dtype), k64.astype(dtype)
+        got = jax.jit(jax.grad(lambda x, k: jnp.sum(longconv.convolve(x, k).astype(
+            jnp.float32) ** 2), (0, 1)))(x, k)
+        ref = jax.grad(lambda x, k: jnp.sum(_jnp_conv(x, k, True) ** 2), (0, 1))(
+            x.astype(jnp.float64), k.astype(jnp.float64))
+        for a, b, w in zip(got, ref, want, strict=True):
+            assert a.dtype == jnp.dtype(dtype)
+            assert _rel(a, b) < tol
+            assert _rel(a, w) < 10 * tol
+
+
+def test_vmap_of_grad(rng):
+    x, k = _rand(rng, (4, 3, 32)), _rand(rng, (3, 20))
+    f = lambda x, k: jnp.sum(jnp.cos(longconv.convolve(x, k, False)))  # noqa: E731
+    r = lambda x, k: jnp.sum(jnp.cos(_jnp_conv(x, k, False)))  # noqa: E731
+    got = jax.vmap(jax.grad(f, (0, 1)), in_axes=(0, None))(x, k)
+    want = jax.vmap(jax.grad(r, (0, 1)), in_axes=(0, None))(x, k)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape and _rel(a, b) < 1e-11
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+
+def test_errors_under_jit(rng):
+    x, k = _rand(rng, (3, 40)), _rand(rng, (3, 10))
+    with pytest.raises(TypeError, match="x must have a real floating dtype"):
+        jax.jit(longconv.convolve)(x.astype(jnp.int32), k)
+    with pytest.raises(TypeError, match="pregate must be a JAX array"):
+        jax.jit(lambda x: longconv.convolve(x, k, pregate="a"))(x)
+    with pytest.raises(ValueError, match="k must have shape"):
+        jax.jit(longconv.convolve)(x, k[None])
+    with pytest.raises(ValueError, match="k holds H=3 filters"):
+        jax.jit(longconv.convolve)(x[:2], k)
+    with pytest.raises(ValueError, match="postgate must have a shape"):
+        jax.jit(lambda x: longconv.convolve(x, k, postgate=jnp.ones((4, 40))))(x)
+    with pytest.raises(ValueError, match="skip must have shape"):
+        jax.jit(lambda x: longconv.convolve(x, k, skip=jnp.ones(2)))(x)
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        jax.jit(lambda x: longconv.convolve(x, k, "yes"))(x)
+    with pytest.raises(NotImplementedError, match="freq_keep"):
+        jax.jit(lambda x: longconv.convolve(x, k, freq_keep=0.5))(x)
+    with pytest.raises(ValueError, match="kernel_len"):
+        jax.jit(lambda x: longconv.convolve(x, k, kernel_len=0))(x)
+
+
+def test_errors_eager_and_traced_public_functions(rng):
+    x, k = _rand(rng, (3, 40)), _rand(rng, (3, 10))
+    with pytest.raises(TypeError, match="same kind of array"):
+        longconv.convolve(x, np.asarray(k))
+    with pytest.raises(TypeError, match="traced JAX value"):
+        jax.jit(lambda a: longconv.fftconvolve_long(a, k))(x)
+    with pytest.raises(TypeError, match="traced JAX value"):
+        jax.jit(lambda a: longconv.LongConv(k, 40)(a))(x)
+    with pytest.raises(ValueError, match="x must have shape"):
+        longconv.convolve(jnp.asarray(1.0), k)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: zero-copy through DLPack
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def jax_gpu():
+    try:
+        return jax.devices("gpu")[0]
+    except RuntimeError:
+        pytest.skip("jax has no GPU backend (CPU jaxlib)")
+
+
+@pytest.mark.gpu
+def test_gpu_input_is_shared_not_copied(rng, jax_gpu):
+    x = jax.device_put(_rand(rng, (2, 3, 256), jnp.float32), jax_gpu)
+    arr, dt = ljax.to_backend(x)
+    assert arr.data.ptr == x.unsafe_buffer_pointer()
+    assert dt == np.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_gpu_round_trip(rng, jax_gpu, dtype):
+    xd, kd = rng.standard_normal((2, 3, 256)), rng.standard_normal((3, 256))
+    x = jax.device_put(jnp.asarray(xd).astype(dtype), jax_gpu)
+    k = jax.device_put(jnp.asarray(kd).astype(dtype), jax_gpu)
+    y = longconv.convolve(x, k)
+    assert isinstance(y, jax.Array) and y.dtype == x.dtype
+    assert next(iter(y.devices())) == jax_gpu
+    assert y.unsafe_buffer_pointer() % 256 == 0
+    ref = testing.reference_convolve(np.asarray(x.astype(jnp.float64)),
+                                     np.asarray(k.astype(jnp.float64)))
+    assert _rel(y, ref) < 4 * testing.tolerance(dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_jit_is_refused_naming_what_works(rng, jax_gpu):
+    if jax.default_backend() == "cpu":
+        pytest.skip("JAX's default backend is the CPU")
+    x = jax.device_put(_rand(rng, (3, 64), jnp.float32), jax_gpu)
+    with pytest.raises(NotImplementedError, match="CPU backend"):
+        jax.jit(longconv.convolve)(x, x)
