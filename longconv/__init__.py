@@ -14,6 +14,10 @@ LongConv(k, length, *, causal=True, dtype=None, precision=None, kernel_len=None,
          freq_keep=None, device=None)
     A reusable plan with the filter spectrum cached; ``plan(x, pregate=None, postgate=None,
     skip=None)``, ``plan.update(k)``, ``plan.fft_size``, ``plan.backend``.
+stream_convolve(blocks, k, *, mode="full", block_len=None, dtype=None, device="cpu",
+                workers=None)
+    Streaming overlap-save over a signal given as ``(frames, channels)`` blocks (longer than
+    memory); yields the output in blocks. :class:`StreamConvolver` is the push/finish form.
 fft_size(n_min), decomposition(n)
     The FFT size table shared by every backend (powers of two, radix-16 Monarch factorisation).
 testing
@@ -23,12 +27,15 @@ Arrays
 ------
 NumPy arrays (and anything ``numpy.asarray`` accepts) run on the CPU backend (``scipy.fft``);
 CuPy arrays run on the GPU (fused tensor-core kernels where available, else cuFFT). Results come
-back as the caller's kind of array. bfloat16 travels as ``uint16`` bit patterns.
+back as the caller's kind of array. bfloat16 travels as ``uint16`` bit patterns. Dask arrays
+give lazy dask arrays (chunks convolved by the paths above, overlap-save along a chunked time
+axis).
 """
 
 from ._plan import LongConv
 from ._signaltools import convolve, fftconvolve_long
 from ._sizes import decomposition, fft_size
+from ._stream import StreamConvolver, stream_convolve
 
 try:
     from importlib.metadata import PackageNotFoundError, version
@@ -39,11 +46,13 @@ except PackageNotFoundError:
 
 __all__ = [
     "LongConv",
+    "StreamConvolver",
     "__version__",
     "convolve",
     "decomposition",
     "fft_size",
     "fftconvolve_long",
+    "stream_convolve",
     "testing",
 ]
 

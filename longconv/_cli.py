@@ -8,6 +8,12 @@
 ``longconv info``
     Versions, the CUDA device (name, compute capability, SM count, shared memory), NVRTC and
     the kernel cache location.
+``longconv convolve SIGNAL FILTER OUT``
+    Stream a WAV / FLAC / ``.npy`` signal through a filter file into OUT in bounded memory
+    (:mod:`longconv._signalfiles`, :mod:`longconv._stream`).
+``longconv bench``
+    The benchmark suite on this machine against the installed baselines; a table, a CSV and a
+    PNG plot (:mod:`longconv._bench`).
 """
 
 from __future__ import annotations
@@ -99,6 +105,62 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     info.set_defaults(func=run_info)
+
+    conv = commands.add_parser(
+        "convolve",
+        help="convolve a WAV/FLAC/.npy signal with a filter file, streaming",
+        description=(
+            "Convolve the signal file SIGNAL with the filter (impulse response) file FILTER and "
+            "write OUT. Files are WAV or FLAC (needs soundfile: pip install "
+            "'longconv[audio]') or .npy arrays of shape (frames,) or (frames, channels). The "
+            "signal is read in overlapping blocks (overlap-save, filter spectrum computed "
+            "once), so memory depends on the filter, not on the recording's length. A filter "
+            "of one channel applies to every channel; one of C channels to a signal of C "
+            "channels (channel by channel) or to a mono signal (C outputs). OUT takes the "
+            "signal's sample rate; WAV output is 32-bit float, FLAC 24-bit PCM (samples "
+            "beyond full scale are clipped, with a warning), .npy float64. Exit status 2 with "
+            "a one-line message for unreadable files, different sample rates, incompatible "
+            "channel counts and an existing OUT without --force."
+        ),
+    )
+    conv.add_argument("signal", metavar="SIGNAL", help="input signal (.wav, .flac, .npy)")
+    conv.add_argument("filter", metavar="FILTER", help="filter / impulse response "
+                      "(.wav, .flac, .npy)")
+    conv.add_argument("out", metavar="OUT", help="output file (.wav, .flac, .npy)")
+    conv.add_argument("--mode", choices=("full", "same", "causal"), default="full",
+                      help="full: every output sample (L + Lk - 1 frames, the reverb tail "
+                           "included); causal: the first L frames of full (aligned with the "
+                           "input); same: L frames centred as scipy.signal.fftconvolve "
+                           "(default: full)")
+    conv.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                      help="where the FFTs run; gpu needs CuPy and a CUDA device "
+                           "(default: cpu)")
+    conv.add_argument("--normalize", action="store_true",
+                      help="scale the output so that its largest absolute sample over all "
+                           "channels is 32767/32768 (just below full scale; one gain for "
+                           "every channel); an all-zero output is left as is")
+    conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    conv.add_argument("--block-len", type=_positive_int, default=None, metavar="N",
+                      help="new samples per FFT segment (default: chosen from the filter "
+                           "length, a few times the filter)")
+    conv.set_defaults(func=run_convolve)
+
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark this machine against the installed baselines",
+        description=(
+            "Time longconv against the baselines installed here (scipy.signal.fftconvolve and "
+            "oaconvolve on the CPU; cupyx.scipy.signal.fftconvolve on a GPU when CuPy sees "
+            "one) over a range of lengths, print a table, and write bench.csv and bench.png "
+            "(time against length, log-log; needs matplotlib) into DIR."
+        ),
+    )
+    bench.add_argument("--quick", action="store_true",
+                       help="fewer and shorter lengths, fewer repeats (well under a minute)")
+    bench.add_argument("--out", default="longconv-bench", metavar="DIR",
+                       help="directory for bench.csv and bench.png, created if needed "
+                            "(default: ./longconv-bench)")
+    bench.set_defaults(func=run_bench)
     return parser
 
 
@@ -256,6 +318,46 @@ def run_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# convolve and bench
+
+
+def run_convolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ._signalfiles import SignalFileError, convolve_files
+
+    if args.device == "gpu":
+        devices, why_none = gpu_status()
+        if not devices:
+            print(f"longconv convolve: error: --device gpu: no usable CUDA device: {why_none}",
+                  file=sys.stderr)
+            return 2
+    try:
+        job = convolve_files(args.signal, args.filter, args.out, mode=args.mode,
+                             device=args.device, normalize=args.normalize, force=args.force,
+                             block_len=args.block_len, progress=sys.stderr.isatty())
+    except SignalFileError as exc:
+        print(f"longconv convolve: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("longconv convolve: error: out of memory for the filter's FFT segments; pass a "
+              "smaller --block-len", file=sys.stderr)
+        return 2
+    rate = f", {job['samplerate']} Hz" if job["samplerate"] else ""
+    print(f"wrote {args.out}: {job['frames']} frames x {job['channels']} channels{rate}"
+          + (f", gain {job['gain']:.6g}" if args.normalize else ""))
+    if job["clipped"]:
+        print(f"longconv convolve: warning: {job['clipped']} samples beyond full scale were "
+              f"clipped in {args.out}; --normalize scales the output below full scale",
+              file=sys.stderr)
+    return 0
+
+
+def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ._bench import run_suite
+
+    return run_suite(quick=args.quick, out_dir=args.out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""Streaming overlap-save (``longconv.stream_convolve``) against SciPy on the whole signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+
+import longconv
+from longconv import testing
+from longconv._stream import StreamConvolver, block_factor, output_frames
+
+
+def reference(x, k, mode):
+    x2 = x.reshape(len(x), -1)
+    k2 = k.reshape(len(k), -1)
+    c = max(x2.shape[1], k2.shape[1])
+    x2 = np.broadcast_to(x2, (len(x2), c))
+    full = scipy.signal.fftconvolve(x2, k2, mode="full", axes=0)
+    Lk = len(k2)
+    start = (Lk - 1) // 2 if mode == "same" else 0
+    return full[start:start + output_frames(mode, len(x2), Lk)]
+
+
+def pieces(x, sizes):
+    out, i, j = [], 0, 0
+    while i < len(x):
+        n = sizes[j % len(sizes)]
+        out.append(x[i:i + n])
+        i, j = i + n, j + 1
+    return out
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "causal"])
+@pytest.mark.parametrize("Lk, C, Ck, block_len", [
+    (1, 1, 1, None), (2, 2, 1, 5), (97, 3, 3, 50), (1000, 1, 2, 300), (4097, 2, 2, None),
+    (30000, 2, 1, None),
+])
+def test_matches_scipy(rng, mode, Lk, C, Ck, block_len):
+    x = rng.standard_normal((20011, C))
+    k = rng.standard_normal((Lk, Ck))
+    blocks = pieces(x, [1, 777, 5000, 3])
+    y = np.concatenate(list(longconv.stream_convolve(blocks, k, mode=mode,
+                                                     block_len=block_len)))
+    ref = reference(x, k, mode)
+    assert y.shape == ref.shape
+    testing.assert_close(y, ref, np.float64)
+
+
+def test_signal_shorter_than_filter_and_1d_blocks(rng):
+    x = rng.standard_normal(50)
+    k = rng.standard_normal(3000)
+    for mode in ("full", "same", "causal"):
+        y = np.concatenate(list(longconv.stream_convolve([x[:20], x[20:]], k, mode=mode)))
+        testing.assert_close(y, reference(x, k, mode), np.float64)
+
+
+def test_float32_and_push_finish(rng):
+    x = rng.standard_normal((10000, 2)).astype(np.float32)
+    k = rng.standard_normal((500, 2)).astype(np.float32)
+    conv = StreamConvolver(k, 2, mode="causal", block_len=1000)
+    parts = [conv.push(b) for b in pieces(x, [999, 1, 4000])] + [conv.finish()]
+    y = np.concatenate(parts)
+    assert y.dtype == np.float32
+    testing.assert_close(y, reference(x.astype(np.float64), k.astype(np.float64), "causal"),
+                         np.float32)
+    with pytest.raises(RuntimeError):
+        conv.push(x[:10])
+
+
+def test_causality(rng):
+    x = rng.standard_normal((5000, 1))
+    k = rng.standard_normal((700, 1))
+    x2 = x.copy()
+    x2[3000:] = rng.standard_normal((2000, 1))
+    y1 = np.concatenate(list(longconv.stream_convolve([x], k, mode="causal", block_len=256)))
+    y2 = np.concatenate(list(longconv.stream_convolve([x2], k, mode="causal", block_len=256)))
+    # equal up to FFT rounding: a segment holding samples on both sides of t = 3000 sees both
+    np.testing.assert_allclose(y1[:3000], y2[:3000], rtol=0, atol=1e-10)
+    assert np.abs(y1[3000:] - y2[3000:]).max() > 1e-3
+
+
+def test_memory_bounded_by_filter():
+    conv = StreamConvolver(np.ones(5_760_000), 2)
+    assert block_factor(5_760_000) == 2
+    assert conv.fft_size < 3 * 5_760_000
+    assert StreamConvolver(np.ones(96_000), 8).fft_size < 9 * 96_000
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="channels"):
+        StreamConvolver(np.ones((10, 3)), 2)
+    with pytest.raises(ValueError, match="mode"):
+        StreamConvolver(np.ones(10), 1, mode="valid")
+    with pytest.raises(ValueError, match=r"shape \(frames, 2\)"):
+        StreamConvolver(np.ones(10), 2).push(np.ones((5, 3)))
+    with pytest.raises(ValueError, match="empty"):
+        list(longconv.stream_convolve([], np.ones(3)))
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu(rng):
+    x = rng.standard_normal((30000, 2))
+    k = rng.standard_normal((2000, 2))
+    y = np.concatenate(list(longconv.stream_convolve(pieces(x, [4096]), k, device="gpu")))
+    testing.assert_close(y, reference(x, k, "full"), np.float64)
