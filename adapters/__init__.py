@@ -14,6 +14,9 @@ Each adapter is a module named after the library whose arrays it handles, exposi
     data, which travels as ``uint16`` bit patterns; otherwise the array's own ``numpy.dtype``).
 ``from_backend(array, logical_dtype, like) -> obj``
     A backend array turned back into this kind (``like`` is the caller's input, for its device).
+``convolve(x, k, causal, *, pregate, postgate, skip, precision, kernel_len, freq_keep)``
+    Optional: where present, ``longconv.convolve`` hands the whole call to it (a framework
+    whose arrays record gradients wraps the computation in its own differentiable operator).
 
 Adapters are found by the top-level module of the array's type (``type(obj).__module__``), so
 adding PyTorch, JAX or Dask means adding a module here and one line to ``_REGISTRY``; nothing
@@ -23,12 +26,14 @@ else changes. No adapter imports its framework at module top level.
 from __future__ import annotations
 
 import importlib
+import sys
 
 #: top-level module of an array type -> adapter module (imported on first use)
 _REGISTRY = {
     "numpy": "numpy",
     "cupy": "cupy",
     "cupyx": "cupy",
+    "torch": "torch",
     "jax": "jax",
     "jaxlib": "jax",
 }
@@ -42,10 +47,10 @@ def adapter_for(obj):
     name = _REGISTRY.get(root)
     if name is None:
         return None
-    mod = _loaded.get(name)
+    mod = _loaded.get(name) or sys.modules.get(f"{__name__}.{name}")
     if mod is None:
         mod = importlib.import_module(f"{__name__}.{name}")
-        _loaded[name] = mod
+    _loaded[name] = mod
     return mod if mod.is_array(obj) else None
 
 

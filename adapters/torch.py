@@ -1,0 +1,412 @@
+"""PyTorch tensors: CPU tensors on the CPU backend, CUDA tensors on the GPU backends.
+
+CPU tensors reach the CPU backend as NumPy views of their memory (``tensor.numpy()``, no copy)
+and results come back as tensors sharing the result's memory (``torch.from_numpy``). CUDA
+tensors travel through DLPack (``cupy.from_dlpack``, no copy; made contiguous first) and the
+work runs on torch's current stream. bfloat16 travels as ``uint16`` bit patterns.
+
+``longconv.convolve`` on tensors runs the custom operator ``longconv::convolve``
+(``torch.library.custom_op``), so autograd, ``torch.compile`` and ``torch.library.opcheck``
+see one operator with a fake (meta) implementation and a backward formula. ``fftconvolve_long``
+and ``LongConv`` take and return tensors too but record no gradients: calling them with a
+tensor that requires grad while grad mode is on is a ``TypeError`` rather than a silently
+missing gradient.
+
+:class:`FlashFFTConv` is a ``torch.nn.Module`` with FlashFFTConv's constructor and call
+signature, computing what an FFT of size ``seqlen`` computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from longconv import _validate
+
+KIND = "torch"
+
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def is_array(obj):
+    return isinstance(obj, _torch().Tensor)
+
+
+def device(obj):
+    return "gpu" if obj.device.type == "cuda" else "cpu"
+
+
+def _check_no_grad(obj):
+    torch = _torch()
+    if obj.requires_grad and torch.is_grad_enabled():
+        raise TypeError(
+            "fftconvolve_long and LongConv record no gradients; got a tensor that requires "
+            "grad. Use longconv.convolve (differentiable), or call under torch.no_grad() or "
+            "on tensor.detach()"
+        )
+
+
+def _dtype_name(t):
+    return str(t.dtype).rsplit(".", 1)[-1]
+
+
+def _as_backend(t):
+    """``t``'s data as a NumPy (CPU) or CuPy (CUDA) array without copying where possible,
+    and its logical dtype."""
+    torch = _torch()
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    bf16 = t.dtype == torch.bfloat16
+    if t.device.type == "cuda":
+        import cupy
+
+        t = t.contiguous()
+        arr = cupy.from_dlpack(t.view(torch.int16) if bf16 else t)
+        if bf16:
+            return arr.view(cupy.uint16), "bfloat16"
+        return arr, arr.dtype
+    if t.device.type != "cpu":
+        raise TypeError(f"longconv runs on CPU and CUDA tensors; got a tensor on {t.device}")
+    if bf16:
+        return t.view(torch.int16).numpy().view(np.uint16), "bfloat16"
+    arr = t.numpy()
+    return arr, arr.dtype
+
+
+def _to_tensor(array, logical_dtype, like=None):
+    """A backend array as a tensor (CPU for NumPy, CUDA for CuPy) sharing its memory."""
+    torch = _torch()
+    bf16 = logical_dtype == "bfloat16"
+    if isinstance(array, np.ndarray):
+        if bf16 and array.dtype == np.float32:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(torch.bfloat16)
+        array = np.ascontiguousarray(array)
+        if bf16:
+            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(array)
+    import cupy
+
+    array = cupy.ascontiguousarray(array)
+    if bf16:
+        if array.dtype == cupy.float32:
+            return torch.from_dlpack(array).to(torch.bfloat16)
+        return torch.from_dlpack(array.view(cupy.int16)).view(torch.bfloat16)
+    return torch.from_dlpack(array)
+
+
+def to_backend(obj):
+    _check_no_grad(obj)
+    return _as_backend(obj)
+
+
+def from_backend(array, logical_dtype, like=None):
+    if not isinstance(array, np.ndarray) and type(array).__module__.split(".", 1)[0] != "cupy":
+        array = np.asarray(array)
+    out = _to_tensor(array, logical_dtype, like)
+    if out.device.type == "cuda":
+        _stream_barrier_after()
+    return out
+
+
+def _stream_barrier_after():
+    """``fftconvolve_long`` / ``LongConv`` on CUDA tensors run on CuPy's current stream: make
+    their result visible to torch's current stream when the two differ."""
+    import cupy
+
+    torch = _torch()
+    if cupy.cuda.get_current_stream().ptr != torch.cuda.current_stream().cuda_stream:
+        cupy.cuda.get_current_stream().synchronize()
+
+
+@contextlib.contextmanager
+def _on_torch_stream(t):
+    """CuPy work inside the block runs on torch's current stream of ``t``'s device."""
+    if t.device.type != "cuda":
+        yield
+        return
+    import cupy
+
+    torch = _torch()
+    with cupy.cuda.Device(t.device.index), \
+            cupy.cuda.ExternalStream(torch.cuda.current_stream(t.device).cuda_stream):
+        yield
+
+
+def _run_convolve(x, k, causal, pregate, postgate, skip, precision, freq_keep):
+    """``longconv.convolve`` on backend arrays viewing the tensors' memory; a tensor back."""
+    import longconv
+
+    torch = _torch()
+    bf16 = x.dtype == torch.bfloat16
+
+    def arr(t):
+        if t is None:
+            return None
+        if t.dtype == torch.bfloat16 and not bf16:
+            t = t.float()  # exact; a uint16 array only means bfloat16 beside a bfloat16 x
+        return _as_backend(t)[0]
+
+    with _on_torch_stream(x):
+        xa, io = _as_backend(x)
+        args = dict(pregate=arr(pregate), postgate=arr(postgate), skip=arr(skip))
+        if bf16:
+            plan = longconv.LongConv(arr(k), x.shape[-1], causal=causal, dtype="bfloat16",
+                                     precision=precision, freq_keep=freq_keep)
+            y = plan(xa, **args)
+        else:
+            y = longconv.convolve(xa, arr(k), causal, precision=precision,
+                                  freq_keep=freq_keep, **args)
+        return _to_tensor(y, "bfloat16" if bf16 else None, x)
+
+
+def _kgrad(g, u, k_len, causal):
+    """``dk[h, s] = sum_{batch, t} g[t] u[t + p - s]`` (``p = 0`` causal, ``(Lk - 1) // 2``
+    centred), accumulated in float32 (float64 for float64 data): shape ``(H, k_len)``."""
+    import longconv
+
+    torch = _torch()
+    L = g.shape[-1]
+    H = g.shape[-2] if g.ndim >= 2 else 1
+    wide = torch.float64 if torch.float64 in (g.dtype, u.dtype) else torch.float32
+    g3 = g.reshape(-1, H, L).to(wide)
+    u3 = u.reshape(-1, H, L).to(wide).flip(-1)
+    with _on_torch_stream(g):
+        ga, _ = _as_backend(g3)
+        ua, _ = _as_backend(u3)
+        full = longconv.fftconvolve_long(ga, ua, mode="full", axes=-1).sum(axis=0)
+        full = _to_tensor(full, None, g)
+    p = 0 if causal else (k_len - 1) // 2
+    lo = L - 1 - p
+    out = full.new_zeros((H, k_len))
+    s0, s1 = max(0, -lo), min(k_len, 2 * L - 1 - lo)
+    if s1 > s0:
+        out[:, s0:s1] = full[:, lo + s0:lo + s1]
+    return out
+
+
+def _register_ops():
+    """Register the custom operators (once, when this module is first imported)."""
+    torch = _torch()
+
+    @torch.library.custom_op(
+        "longconv::convolve", mutates_args=(),
+        schema="(Tensor x, Tensor k, Tensor? pregate, Tensor? postgate, Tensor? skip, "
+               "bool causal, str? precision) -> Tensor",
+    )
+    def convolve_op(x, k, pregate, postgate, skip, causal, precision):
+        return _run_convolve(x, k, causal, pregate, postgate, skip, precision, None)
+
+    @convolve_op.register_fake
+    def _(x, k, pregate, postgate, skip, causal, precision):
+        return x.new_empty(x.shape)
+
+    @torch.library.custom_op(
+        "longconv::convolve_kgrad", mutates_args=(),
+        schema="(Tensor g, Tensor u, int k_len, bool causal) -> Tensor",
+    )
+    def kgrad_op(g, u, k_len, causal):
+        return _kgrad(g, u, k_len, causal)
+
+    @kgrad_op.register_fake
+    def _(g, u, k_len, causal):
+        wide = torch.float64 if torch.float64 in (g.dtype, u.dtype) else torch.float32
+        H = g.shape[-2] if g.ndim >= 2 else 1
+        return g.new_empty((H, k_len), dtype=wide)
+
+    def setup_context(ctx, inputs, output):
+        x, k, pregate, postgate, skip, causal, precision = inputs
+        ctx.causal, ctx.precision = causal, precision
+        ctx.save_for_backward(x, k, pregate, postgate, skip)
+
+    def backward(ctx, dy):
+        x, k, pregate, postgate, skip = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        causal, precision = ctx.causal, ctx.precision
+        g = dy * postgate if postgate is not None else dy
+        u = x * pregate if pregate is not None else x
+        dx = dk = dpre = dpost = dskip = None
+        if need[0] or need[2]:
+            # the adjoint of convolving with k is correlating with k: flip, convolve, flip
+            du = convolve_op(g.flip(-1), k, None, None, None, causal, precision).flip(-1)
+            if need[0]:
+                dx = du * pregate if pregate is not None else du
+                if skip is not None:
+                    dx = dx + _per_channel(skip, x) * dy
+                dx = dx.to(x.dtype)
+            if need[2]:
+                dpre = _reduce_to(du * x, pregate)
+        elif need[0]:
+            dx = (_per_channel(skip, x) * dy).to(x.dtype)
+        if need[1]:
+            full = kgrad_op(g, u, k.shape[-1], causal)
+            dk = (full.sum(0) if k.ndim == 1 else full).to(k.dtype)
+        if need[3]:
+            c = convolve_op(u, k, None, None, None, causal, precision)
+            dpost = _reduce_to(dy * c, postgate)
+        if need[4]:
+            wide = _wide(dy.dtype)
+            prod = dy.to(wide) * x.to(wide)
+            per_h = prod.reshape(-1, *prod.shape[-2:]).sum(dim=(0, 2)) if x.ndim >= 2 \
+                else prod.sum().reshape(1)
+            dskip = (per_h.sum().reshape(skip.shape) if skip.numel() == 1 and per_h.numel() > 1
+                     else per_h.reshape(skip.shape)).to(skip.dtype)
+        return dx, dk, dpre, dpost, dskip, None, None
+
+    convolve_op.register_autograd(backward, setup_context=setup_context)
+    return convolve_op, kgrad_op
+
+
+# Registered at import, not on first call: torch.compile cannot trace a registration. This
+# module is imported only once a tensor reaches longconv, so importing longconv alone still
+# does not import torch.
+_CONVOLVE_OP, _KGRAD_OP = _register_ops()
+
+
+def _wide(dtype):
+    torch = _torch()
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _per_channel(skip, x):
+    """``skip`` of shape ``(H,)``, ``(1,)`` or ``()`` shaped to multiply ``x`` per channel."""
+    if x.ndim >= 2:
+        return skip.reshape(-1, 1)
+    return skip.reshape(-1)
+
+
+def _reduce_to(grad, like):
+    """``grad`` summed over the axes ``like`` was broadcast along, in float32 or wider."""
+    wide = grad.to(_wide(grad.dtype))
+    extra = wide.ndim - like.ndim
+    if extra:
+        wide = wide.sum(dim=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(like.shape) if n == 1 and wide.shape[i] != 1)
+    if axes:
+        wide = wide.sum(dim=axes, keepdim=True)
+    return wide.reshape(like.shape).to(like.dtype)
+
+
+def _as_operand(v, x, name):
+    torch = _torch()
+    if v is None or isinstance(v, torch.Tensor):
+        return v
+    if isinstance(v, (bool, int, float, complex, list, tuple, np.number)):
+        return torch.as_tensor(v, dtype=x.dtype if not isinstance(v, complex) else None,
+                               device=x.device)
+    raise TypeError(f"{name} must be a torch tensor or a number; got {type(v).__name__}")
+
+
+def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, precision=None,
+             kernel_len=None, freq_keep=None):
+    """``longconv.convolve`` for tensors (the public function hands tensors to this one).
+
+    Real floating tensors go through the differentiable operator ``longconv::convolve``;
+    ``freq_keep`` and other dtypes run without recording gradients.
+    """
+    torch = _torch()
+    causal = _validate.check_causal(causal)
+    precision = _validate.check_precision(precision)
+    kernel_len = _validate.check_kernel_len(kernel_len)
+    freq_keep = _validate.check_freq_keep(freq_keep)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch tensor; got {type(x).__name__}")
+    k = _as_operand(k, x, "k")
+    pregate = _as_operand(pregate, x, "pregate")
+    postgate = _as_operand(postgate, x, "postgate")
+    skip = _as_operand(skip, x, "skip")
+    named = {"x": x, "k": k, "pregate": pregate, "postgate": postgate, "skip": skip}
+    for name, v in named.items():
+        if v is not None and v.device != x.device:
+            raise TypeError(f"{name} must be on x's device {x.device}; got {v.device}")
+    _validate.check_filter(tuple(k.shape))
+    if kernel_len is not None and kernel_len < k.shape[-1]:
+        k = k[..., :kernel_len]
+    present = [v for v in named.values() if v is not None]
+    floating = all(_dtype_name(v) in _FLOATS for v in present)
+    if floating and freq_keep is None:
+        return _CONVOLVE_OP(x, k, pregate, postgate, skip, causal, precision)
+    if torch.is_grad_enabled() and any(v.requires_grad for v in present):
+        what = "freq_keep" if freq_keep is not None else "complex or integer dtypes"
+        raise NotImplementedError(
+            f"gradients of longconv.convolve support real float16/bfloat16/float32/float64 "
+            f"tensors without freq_keep; got {what}. Call under torch.no_grad() for the "
+            f"forward value"
+        )
+    return _run_convolve(x, k, causal, pregate, postgate, skip, precision, freq_keep)
+
+
+def _flash_module():
+    torch = _torch()
+
+    class FlashFFTConv(torch.nn.Module):
+        """Drop-in for FlashFFTConv's module: ``FlashFFTConv(seqlen, dtype=torch.float16)``.
+
+        ``forward(u, k, pregate=None, postgate=None)`` with ``u`` of shape ``(B, H, L)``,
+        ``L <= seqlen``, and ``k`` of shape ``(H, Lk)`` returns what an FFT of size ``seqlen``
+        gives::
+
+            irfft(rfft(u * pregate, n=seqlen) * rfft(k, n=seqlen), n=seqlen)[..., :L] * postgate
+
+        in ``u``'s dtype: the causal convolution when ``seqlen >= L + Lk - 1`` (``seqlen = 2L``
+        for ``Lk <= L + 1``), circularly wrapped otherwise. Any ``L``, ``seqlen >= L``, ``H``,
+        CPU or CUDA tensors, float16, bfloat16, float32 and float64; differentiable. ``dtype``
+        is accepted for compatibility (the computation follows ``u``'s dtype).
+        """
+
+        def __init__(self, seqlen, dtype=torch.float16, use_32_butterfly=True):
+            super().__init__()
+            if isinstance(seqlen, bool) or not isinstance(seqlen, (int, np.integer)):
+                raise TypeError(f"seqlen must be an int >= 1; got {type(seqlen).__name__}")
+            if seqlen < 1:
+                raise ValueError(f"seqlen must be an int >= 1; got {seqlen}")
+            if not isinstance(dtype, torch.dtype):
+                raise TypeError(f"dtype must be a torch.dtype; got {type(dtype).__name__}")
+            self.seqlen = int(seqlen)
+            self.dtype = dtype
+
+        def extra_repr(self):
+            return f"seqlen={self.seqlen}, dtype={self.dtype}"
+
+        def forward(self, u, k, pregate=None, postgate=None):
+            if not isinstance(u, torch.Tensor):
+                raise TypeError(f"u must be a torch tensor; got {type(u).__name__}")
+            if not isinstance(k, torch.Tensor):
+                raise TypeError(f"k must be a torch tensor; got {type(k).__name__}")
+            if u.ndim != 3:
+                raise ValueError(f"u must have shape (B, H, L); got shape {tuple(u.shape)}")
+            B, H, L = u.shape
+            if L > self.seqlen:
+                raise ValueError(f"u's length L={L} must be at most seqlen={self.seqlen}")
+            if k.ndim != 2 or k.shape[0] != H or k.shape[1] < 1:
+                raise ValueError(f"k must have shape (H, Lk) = ({H}, Lk) with Lk >= 1; got "
+                                 f"shape {tuple(k.shape)}")
+            n = self.seqlen
+            k = k[:, :n]
+            if n >= L + k.shape[1] - 1:
+                return convolve(u, k, True, pregate=pregate, postgate=postgate)
+            z = u * pregate if pregate is not None else u
+            z = torch.nn.functional.pad(z, (0, n - L))
+            # circular convolution of size n = causal convolution over two periods, second one
+            y = convolve(torch.cat([z, z], dim=-1), k, True)[..., n:n + L]
+            return (y * postgate).to(u.dtype) if postgate is not None else y
+
+    return FlashFFTConv
+
+
+def __getattr__(name):
+    if name == "FlashFFTConv":
+        cls = _flash_module()
+        globals()["FlashFFTConv"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
