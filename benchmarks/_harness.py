@@ -12,75 +12,21 @@ each row carrying the machine description of :func:`machine_info`.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime
 import importlib.metadata
 import math
 import os
 import platform
-import statistics
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+# Timing, time_cpu, time_gpu and markdown_table live in the installed package (``longconv bench``
+# uses them too) and are re-exported here for the scripts.
+from longconv._bench import Timing, markdown_table, time_cpu, time_gpu  # noqa: F401
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """Seconds per call of one measurement."""
-
-    times: tuple[float, ...]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def best(self) -> float:
-        return min(self.times)
-
-    @property
-    def spread(self) -> float:
-        """(max - min) / median: how noisy the repeats were."""
-        return (max(self.times) - min(self.times)) / self.median
-
-    def gbps(self, nbytes: int) -> float:
-        """Throughput in GB/s (10**9 bytes) when one call moves ``nbytes``."""
-        return nbytes / self.median / 1e9
-
-
-# --------------------------------------------------------------------------------------------
-# CPU
-
-
-def time_cpu(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1,
-             max_seconds: float | None = None) -> Timing:
-    """Median-ready timings of ``fn()`` on the CPU.
-
-    Parameters
-    ----------
-    fn : callable
-        Called with no arguments; its result is dropped before the next call.
-    repeat : int
-        Timed calls after the warm-up.
-    warmup : int
-        Untimed calls first (planning, caches, page faults of fresh buffers).
-    max_seconds : float, optional
-        Stop early (after at least three timed calls) once the timed calls took this long.
-    """
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if max_seconds is not None and len(times) >= 3 and sum(times) > max_seconds:
-            break
-    return Timing(tuple(times))
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,35 +70,6 @@ def make_rotating_inputs(make: Callable[[int], Sequence], bytes_per_set: int, *,
         free, _total = cupy.cuda.runtime.memGetInfo()
         max_bytes = free // 4
     return [make(i) for i in range(rotation_count(bytes_per_set, max_bytes=max_bytes))]
-
-
-def time_gpu(fn: Callable[..., object], input_sets: Sequence[Sequence], *, repeat: int = 20,
-             warmup: int = 3, stream=None) -> Timing:
-    """Timings of ``fn(*input_sets[i % len(input_sets)])`` with CUDA events.
-
-    Each timed call is bracketed by its own pair of events on ``stream`` (default: the current
-    stream) and the inputs rotate through ``input_sets`` (see :func:`make_rotating_inputs`),
-    so no call finds its inputs in L2. Warm-up calls absorb kernel compilation and planning.
-    """
-    import cupy
-
-    stream = stream or cupy.cuda.get_current_stream()
-    n_sets = len(input_sets)
-    if n_sets == 0:
-        raise ValueError("input_sets must hold at least one set of arguments")
-    with stream:
-        for i in range(warmup):
-            fn(*input_sets[i % n_sets])
-        stream.synchronize()
-        events = [(cupy.cuda.Event(), cupy.cuda.Event()) for _ in range(repeat)]
-        for i, (start, stop) in enumerate(events):
-            args = input_sets[(warmup + i) % n_sets]
-            start.record(stream)
-            fn(*args)
-            stop.record(stream)
-        stream.synchronize()
-    return Timing(tuple(cupy.cuda.get_elapsed_time(start, stop) / 1e3
-                        for start, stop in events))
 
 
 def gpu_copy_floor(bytes_read: int, bytes_written: int, *, repeat: int = 20,
@@ -286,10 +203,3 @@ def write_csv(name: str, rows: Sequence[dict], info: dict[str, str] | None = Non
         for row in rows:
             writer.writerow({**info, **row})
     return path
-
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """A Markdown table of the given columns of ``rows``."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
