@@ -45,6 +45,9 @@ def _jnp_layer(x, k, causal=True, pregate=None, postgate=None, skip=None):
     return y
 
 
+_ref_layer = jax.jit(_jnp_layer, static_argnums=2)
+
+
 def _rand(rng, shape, dtype=jnp.float64):
     return jnp.asarray(rng.standard_normal(shape)).astype(dtype)
 
@@ -96,7 +99,7 @@ def test_shapes(rng, xshape, kshape):
         y = longconv.convolve(x, k, causal)
         assert y.shape == x.shape
         kk = k if k.ndim == 1 or len(xshape) >= 2 else k[0]
-        assert _rel(y, _jnp_layer(x, kk, causal)) < 1e-12
+        assert _rel(y, _ref_layer(x, kk, causal)) < 1e-12
 
 
 def test_fftconvolve_long_and_plan_return_jax(rng):
@@ -111,7 +114,7 @@ def test_fftconvolve_long_and_plan_return_jax(rng):
     x = _rand(rng, (2, 3, 64), jnp.float32)
     y = plan(x, skip=jnp.ones(3, jnp.float32))
     assert isinstance(y, jax.Array) and y.dtype == jnp.float32
-    ref = _jnp_layer(x.astype(jnp.float64), k.astype(jnp.float64), skip=jnp.ones(3))
+    ref = _ref_layer(x.astype(jnp.float64), k.astype(jnp.float64), skip=jnp.ones(3))
     assert _rel(y, ref) < 1e-5
 
 
@@ -119,15 +122,17 @@ def test_eager_gates_and_skip(rng):
     x, k = _rand(rng, (2, 3, 64)), _rand(rng, (3, 64))
     pre, post, skip = _rand(rng, (3, 1)), _rand(rng, (2, 3, 64)), _rand(rng, (3,))
     y = longconv.convolve(x, k, pregate=pre, postgate=post, skip=skip)
-    assert _rel(y, _jnp_layer(x, k, True, pre, post, skip)) < 1e-12
+    assert _rel(y, _ref_layer(x, k, True, pre, post, skip)) < 1e-12
 
 
 # ---------------------------------------------------------------------------------------------
 # jit and vmap
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
-@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype,causal", [
+    ("float32", True), ("float64", True), ("float16", True), ("bfloat16", True),
+    ("float32", False), ("bfloat16", False),
+])
 def test_jit_matches_eager(rng, dtype, causal):
     x, k = _rand(rng, (2, 3, 48), dtype), _rand(rng, (3, 30), dtype)
     pre, post, skip = _rand(rng, (3, 48), dtype), _rand(rng, (48,), dtype), _rand(rng, (3,), dtype)
@@ -135,7 +140,7 @@ def test_jit_matches_eager(rng, dtype, causal):
     y = f(x, k, causal, pregate=pre, postgate=post, skip=skip)
     assert y.dtype == x.dtype and y.shape == x.shape
     eager = longconv.convolve(x, k, causal, pregate=pre, postgate=post, skip=skip)
-    ref = _jnp_layer(*(a.astype(jnp.float64) for a in (x, k)), causal,
+    ref = _ref_layer(*(a.astype(jnp.float64) for a in (x, k)), causal,
                      *(a.astype(jnp.float64) for a in (pre, post, skip)))
     tol = 4 * testing.tolerance(dtype)
     assert _rel(y, ref) < tol and _rel(eager, ref) < tol
@@ -152,14 +157,14 @@ def test_vmap_over_leading_axis(rng):
     x, k = _rand(rng, (5, 3, 40)), _rand(rng, (3, 25))
     post = _rand(rng, (5, 3, 40))
     y = jax.vmap(lambda a, p: longconv.convolve(a, k, postgate=p))(x, post)
-    assert _rel(y, _jnp_layer(x, k, postgate=post)) < 1e-12
+    assert _rel(y, _ref_layer(x, k, postgate=post)) < 1e-12
     ks = _rand(rng, (5, 3, 25))
     y = jax.jit(jax.vmap(lambda a, b: longconv.convolve(a, b, False)))(x, ks)
-    ref = jnp.stack([_jnp_layer(x[i], ks[i], False) for i in range(5)])
+    ref = jax.vmap(lambda a, b: _jnp_layer(a, b, False))(x, ks)
     assert _rel(y, ref) < 1e-12
     skips = _rand(rng, (5, 3))
     y = jax.vmap(lambda s: longconv.convolve(x[0], k, skip=s))(skips)
-    ref = jnp.stack([_jnp_layer(x[0], k, skip=skips[i]) for i in range(5)])
+    ref = jax.vmap(lambda s: _jnp_layer(x[0], k, skip=s))(skips)
     assert _rel(y, ref) < 1e-12
 
 
@@ -198,15 +203,15 @@ def _check_grad(rng, causal, L, Lk, jit):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_grad_matches_jnp_reference(rng, causal):
-    """Eager; filters shorter, equal and longer than the signal, odd and even lengths."""
-    for L, Lk in [(50, 17), (40, 90), (33, 8)]:
-        _check_grad(rng, causal, L, Lk, jit=False)
+def test_grad_jit_matches_jnp_reference(rng, causal):
+    """Filters shorter and longer than the signal, odd and even lengths."""
+    for L, Lk in [(50, 17), (40, 90)]:
+        _check_grad(rng, causal, L, Lk, jit=True)
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_grad_jit_matches_jnp_reference(rng, causal):
-    _check_grad(rng, causal, 40, 90 if causal else 12, jit=True)
+def test_grad_eager_matches_jnp_reference(rng, causal):
+    _check_grad(rng, causal, 24, 8, jit=False)
 
 
 def test_grad_shared_filter_scalar_skip_and_1d(rng):
@@ -216,12 +221,13 @@ def test_grad_shared_filter_scalar_skip_and_1d(rng):
         longconv.convolve(x, k, pregate=pre, skip=skip) ** 2)
     r = lambda x, k, pre, skip: jnp.sum(_jnp_layer(x, k, True, pre, None, skip) ** 2)  # noqa: E731
     got = jax.jit(jax.grad(f, (0, 1, 2, 3)))(x, k, pre, skip)
-    want = jax.grad(r, (0, 1, 2, 3))(x, k, pre, skip)
+    want = jax.jit(jax.grad(r, (0, 1, 2, 3)))(x, k, pre, skip)
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape and _rel(a, b) < 1e-11
     x1 = _rand(rng, (30,))
-    got = jax.grad(lambda x, k: jnp.sum(longconv.convolve(x, k, False) ** 2), (0, 1))(x1, k)
-    want = jax.grad(lambda x, k: jnp.sum(_jnp_conv(x, k, False) ** 2), (0, 1))(x1, k)
+    got = jax.jit(jax.grad(lambda x, k: jnp.sum(longconv.convolve(x, k, False) ** 2),
+                           (0, 1)))(x1, k)
+    want = jax.jit(jax.grad(lambda x, k: jnp.sum(_jnp_conv(x, k, False) ** 2), (0, 1)))(x1, k)
     for a, b in zip(got, want, strict=True):
         assert _rel(a, b) < 1e-11
 
@@ -229,8 +235,9 @@ def test_grad_shared_filter_scalar_skip_and_1d(rng):
 @pytest.mark.parametrize("causal", [True, False])
 def test_grad_kernel_len(rng, causal):
     x, k = _rand(rng, (2, 40)), _rand(rng, (2, 30))
-    gk = jax.grad(lambda k: jnp.sum(longconv.convolve(x, k, causal, kernel_len=11) ** 2))(k)
-    want = jax.grad(lambda k: jnp.sum(_jnp_conv(x, k[:, :11], causal) ** 2))(k)
+    gk = jax.jit(jax.grad(lambda k: jnp.sum(
+        longconv.convolve(x, k, causal, kernel_len=11) ** 2)))(k)
+    want = jax.jit(jax.grad(lambda k: jnp.sum(_jnp_conv(x, k[:, :11], causal) ** 2)))(k)
     assert _rel(gk, want) < 1e-11
     assert not np.any(np.asarray(gk[:, 11:]))
 
@@ -241,24 +248,23 @@ def test_check_grads(rng):
     x, k = _rand(rng, (2, 2, 12)), _rand(rng, (2, 7))
     pre, post, skip = _rand(rng, (2, 12)), _rand(rng, (2, 2, 12)), _rand(rng, (2,))
     for causal in (True, False):
-        check_grads(lambda *a, c=causal: longconv.convolve(
-            a[0], a[1], c, pregate=a[2], postgate=a[3], skip=a[4]),
-            (x, k, pre, post, skip), order=1, modes=("rev",))
+        f = jax.jit(lambda *a, c=causal: longconv.convolve(
+            a[0], a[1], c, pregate=a[2], postgate=a[3], skip=a[4]))
+        check_grads(f, (x, k, pre, post, skip), order=1, modes=("rev",))
 
 
 def test_grad_float32_and_half_dtypes(rng):
     x64, k64 = _rand(rng, (2, 3, 64)), _rand(rng, (3, 64))
-    want = jax.grad(lambda x, k: jnp.sum(_jnp_conv(x, k, True) ** 2), (0, 1))(x64, k64)
+    ref_grad = jax.jit(jax.grad(lambda x, k: jnp.sum(_jnp_conv(x, k, True) ** 2), (0, 1)))
+    ours = jax.jit(jax.grad(lambda x, k: jnp.sum(
+        longconv.convolve(x, k).astype(jnp.float32) ** 2), (0, 1)))
     for dtype, tol in (("float32", 1e-5), ("float16", 4e-3), ("bfloat16", 3e-2)):
         x, k = x64.astype(dtype), k64.astype(dtype)
-        got = jax.jit(jax.grad(lambda x, k: jnp.sum(longconv.convolve(x, k).astype(
-            jnp.float32) ** 2), (0, 1)))(x, k)
-        ref = jax.grad(lambda x, k: jnp.sum(_jnp_conv(x, k, True) ** 2), (0, 1))(
-            x.astype(jnp.float64), k.astype(jnp.float64))
-        for a, b, w in zip(got, ref, want, strict=True):
+        got = ours(x, k)
+        ref = ref_grad(x.astype(jnp.float64), k.astype(jnp.float64))
+        for a, b in zip(got, ref, strict=True):
             assert a.dtype == jnp.dtype(dtype)
             assert _rel(a, b) < tol
-            assert _rel(a, w) < 10 * tol
 
 
 def test_vmap_of_grad(rng):
@@ -266,7 +272,7 @@ def test_vmap_of_grad(rng):
     f = lambda x, k: jnp.sum(jnp.cos(longconv.convolve(x, k, False)))  # noqa: E731
     r = lambda x, k: jnp.sum(jnp.cos(_jnp_conv(x, k, False)))  # noqa: E731
     got = jax.vmap(jax.grad(f, (0, 1)), in_axes=(0, None))(x, k)
-    want = jax.vmap(jax.grad(r, (0, 1)), in_axes=(0, None))(x, k)
+    want = jax.jit(jax.vmap(jax.grad(r, (0, 1)), in_axes=(0, None)))(x, k)
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape and _rel(a, b) < 1e-11
 
