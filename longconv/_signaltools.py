@@ -155,9 +155,15 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     freq_keep = _validate.check_freq_keep(freq_keep)
     workers = _validate.check_workers(workers)
     ad = _arrays.common_adapter({"in1": in1, "in2": in2})
-    a1, _ = _arrays.to_backend(in1, ad)
-    a2, _ = _arrays.to_backend(in2, ad)
+    a1, d1 = _arrays.to_backend(in1, ad)
+    a2, d2 = _arrays.to_backend(in2, ad)
     xp = _arrays.xp_of(a1)
+    # bfloat16 arrives as uint16 bit patterns: convolve the numbers (exactly float32), never
+    # the bit patterns; like float16, the result is float32
+    if _arrays.dtype_name(d1) == "bfloat16":
+        a1 = _arrays.bf16_to_float32(a1, xp)
+    if _arrays.dtype_name(d2) == "bfloat16":
+        a2 = _arrays.bf16_to_float32(a2, xp)
     if a1.ndim == a2.ndim == 0:
         return a1 * a2
     if a1.ndim != a2.ndim:

@@ -101,6 +101,16 @@ def test_fftconvolve_long_dtype_rule(dtype):
     assert circ.shape == a.shape
 
 
+def test_fftconvolve_long_bfloat16_convolves_numbers():
+    a, b = gen(3, 40).bfloat16(), gen(3, 9, seed=1).bfloat16()
+    y = longconv.fftconvolve_long(a, b, axes=-1)
+    assert y.dtype == torch.float32
+    import scipy.signal
+
+    ref = scipy.signal.fftconvolve(a.double().numpy(), b.double().numpy(), axes=-1)
+    assert rel_err(y, torch.from_numpy(ref)) < RTOL[torch.float32]
+
+
 def test_longconv_plan_with_tensors():
     k = gen(3, 20, seed=1)
     plan = longconv.LongConv(k, 64)
@@ -120,6 +130,31 @@ def test_cpu_input_is_read_in_place():
     y = np.arange(6, dtype=np.float32)
     t = lt.from_backend(y, np.dtype(np.float32), x)
     assert t.data_ptr() == y.ctypes.data
+
+
+def test_convolve_reads_the_callers_memory(monkeypatch):
+    seen = []
+    real = lt._as_backend
+
+    def spy(t):
+        arr, dt = real(t)
+        seen.append((t.data_ptr(), arr.ctypes.data))
+        return arr, dt
+
+    monkeypatch.setattr(lt, "_as_backend", spy)
+    x, k = gen(2, 3, 64), gen(3, 16, seed=1)
+    y = longconv.convolve(x, k)
+    assert (x.data_ptr(), x.data_ptr()) in seen and (k.data_ptr(), k.data_ptr()) in seen
+    assert rel_err(y, ref_conv(x, k)) < RTOL[torch.float32]
+
+
+def test_autocast_keeps_the_api_dtype_rule():
+    x, k = gen(2, 3, 64, grad=True), gen(3, 16, seed=1, grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = longconv.convolve(x, k)
+    assert y.dtype == torch.float32 and rel_err(y, ref_conv(x, k)) < RTOL[torch.float32]
+    y.sum().backward()
+    assert k.grad.dtype == torch.float32
 
 
 def test_no_grad_eval_mode_and_detached_inputs():
