@@ -54,6 +54,14 @@ def _xp(block):
     return np
 
 
+def _like(a, block):
+    """``a`` (a filter) as the same kind of array as ``block`` (NumPy or CuPy)."""
+    xp = _xp(block)
+    if xp is np:
+        return a.get() if type(a).__module__.split(".", 1)[0] == "cupy" else a
+    return xp.asarray(a)
+
+
 def _take(a, axis, start, stop):
     idx = [slice(None)] * a.ndim
     idx[axis] = slice(start, stop)
@@ -181,7 +189,7 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
 
     if len(x.chunks[axis]) == 1:
         def whole(block, block_info=None):
-            kb = filter_for(block_info[0]["array-location"])
+            kb = _like(filter_for(block_info[0]["array-location"]), block)
             return in_memory(block, kb, mode=mode, axes=axis, **kw)
 
         L_out = {"full": L + Lk - 1, "same": L, "valid": L - Lk + 1, "circular": L}[mode]
@@ -198,7 +206,7 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     halo = Lk - 1
 
     def causal(ext, loc):
-        y = in_memory(ext, filter_for(loc), mode="full", axes=axis, **kw)
+        y = in_memory(ext, _like(filter_for(loc), ext), mode="full", axes=axis, **kw)
         return _take(y, axis, 0, ext.shape[axis])
 
     xpad = _pad_right(x, axis, start + L_out - L)
@@ -254,7 +262,7 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     xg = x if pregate is None else (x * pregate).rechunk(x.chunks)
     if len(xg.chunks[-1]) == 1:
         def whole(block, block_info=None):
-            kb = filter_for(block_info[0]["array-location"])
+            kb = _like(filter_for(block_info[0]["array-location"]), block)
             return in_memory(block, kb, causal=causal, **kw)
 
         y = da.map_blocks(whole, xg, dtype=io, meta=_meta(xg, io))
@@ -265,7 +273,7 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
                 "x.rechunk({-1: -1})")
 
         def causal_block(ext, loc):
-            return in_memory(ext, filter_for(loc), causal=True, **kw)
+            return in_memory(ext, _like(filter_for(loc), ext), causal=True, **kw)
 
         if causal:
             y = _overlap_save(xg, -1, min(Lk, L) - 1, causal_block, io, -1, Lk)

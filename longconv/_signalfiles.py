@@ -137,7 +137,7 @@ def _progress(total, enabled):
 
 
 def convolve_files(signal, filt, out, *, mode="full", device="cpu", normalize=False,
-                   force=False, block_len=None, progress=None, log=None):
+                   force=False, block_len=None, progress=False):
     """Convolve the signal file ``signal`` with the filter file ``filt`` into ``out``.
 
     The signal is streamed in blocks (bounded memory); the filter is read whole. Channels: a
@@ -146,8 +146,9 @@ def convolve_files(signal, filt, out, *, mode="full", device="cpu", normalize=Fa
     are ``(frames,)`` or ``(frames, channels)``. The output takes the signal's sample rate (or
     the filter's for a ``.npy`` signal); WAV output is 32-bit float, FLAC 24-bit PCM, ``.npy``
     float64. ``normalize`` scales the output so that its peak absolute sample over all
-    channels is ``NORMALIZE_PEAK`` (an all-zero output stays zero). Returns a dict describing
-    the job (frames, channels, sample rate, gain, clipped samples).
+    channels is ``NORMALIZE_PEAK`` (an all-zero output stays zero). ``progress`` shows a tqdm
+    progress bar on standard error (when tqdm is installed). Returns a dict describing the job
+    (frames, channels, sample rate, gain, clipped samples).
     """
     out = Path(out)
     suffix = out.suffix.lower()

@@ -157,3 +157,12 @@ def test_installed_command_no_progress_bar_without_tty(tmp_path, rng):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert np.load(tmp_path / "y.npy").shape == (3099, 2)
+
+
+def test_progress_bar_on_a_terminal(tmp_path, rng, capsys, monkeypatch):
+    pytest.importorskip("tqdm", reason="needs tqdm (pip install 'longconv[audio]')")
+    np.save(tmp_path / "x.npy", rng.standard_normal((3000, 2)))
+    np.save(tmp_path / "k.npy", rng.standard_normal(100))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    status, _, err = run(capsys, tmp_path / "x.npy", tmp_path / "k.npy", tmp_path / "y.npy")
+    assert status == 0 and "convolve" in err and "frame" in err
