@@ -134,3 +134,33 @@ def test_cupy_backed_dask(cp, rng):
     out = y.compute()
     assert isinstance(out, cp.ndarray)
     close(cp.asnumpy(out), longconv.convolve(x, k), np.float32)
+
+
+def test_fftconvolve_kernel_len_precision_with_time_chunks(rng):
+    x = rng.standard_normal((3, 700))
+    k = rng.standard_normal((1, 200))
+    xd = da.from_array(x, chunks=(2, (150, 300, 250)))
+    for mode in ("full", "same", "valid"):
+        y = longconv.fftconvolve_long(xd, k, mode=mode, axes=-1, kernel_len=120,
+                                      precision="single", workers=1)
+        ref = longconv.fftconvolve_long(x, k, mode=mode, axes=-1, kernel_len=120,
+                                        precision="single", workers=1)
+        assert y.shape == ref.shape and y.dtype == ref.dtype
+        close(y.compute(), ref, np.float32)
+
+
+def test_convolve_freq_keep_needs_one_time_chunk(rng):
+    x = rng.standard_normal((2, 3, 400))
+    k = rng.standard_normal((3, 100))
+    y = longconv.convolve(da.from_array(x, chunks=(1, 2, 400)), k, freq_keep=0.3)
+    close(y.compute(), longconv.convolve(x, k, freq_keep=0.3), np.float64)
+    with pytest.raises(NotImplementedError, match=r"x\.rechunk\(\{-1: -1\}\)"):
+        longconv.convolve(da.from_array(x, chunks=(1, 2, 200)), k, freq_keep=0.3)
+
+
+def test_dask_filter_and_numpy_signal(rng):
+    x = rng.standard_normal((4, 300))
+    k = rng.standard_normal((4, 50))
+    y = longconv.convolve(x, da.from_array(k, chunks=(2, 25)))
+    assert isinstance(y, da.Array)
+    close(y.compute(), longconv.convolve(x, k), np.float64)
