@@ -24,6 +24,7 @@ from pathlib import Path
 # Timing, time_cpu, time_gpu and markdown_table live in the installed package (``longconv bench``
 # uses them too) and are re-exported here for the scripts.
 from longconv._bench import Timing, markdown_table, time_cpu, time_gpu  # noqa: F401
+from longconv._cli import cpu_model
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -127,17 +128,6 @@ def git_sha() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def usable_cores() -> int:
