@@ -74,6 +74,15 @@ def _select_backend(k, L, *, data_device, device, mode, n=None, freq_keep=None,
     return _cpu.make_conv_plan(k, L, **kwargs)
 
 
+def _operand(a, ad, name, bf16_bits):
+    """``a`` as a backend array and its logical dtype name; with ``bf16_bits``, uint16 arrays are
+    bfloat16 bit patterns."""
+    arr, dt = _arrays.to_backend(a, ad)
+    _validate.check_numeric_dtype(dt, name)
+    dt = _arrays.dtype_name(dt)
+    return arr, "bfloat16" if bf16_bits and dt == "uint16" else dt
+
+
 def io_dtype_for(x_dtype, *others):
     """Output dtype of ``convolve`` / ``LongConv``: ``x``'s, integers and bool -> float64, and
     complex when any other operand (filter, gate, skip) is complex."""
@@ -161,11 +170,7 @@ class LongConv:
 
     def _set_k(self, k, shape=None):
         ad = _arrays.common_adapter({"k": k})
-        arr, kdt = _arrays.to_backend(k, ad)
-        _validate.check_numeric_dtype(kdt, "k")
-        kdt = _arrays.dtype_name(kdt)
-        if kdt == "uint16" and self.dtype == "bfloat16":
-            kdt = "bfloat16"
+        arr, kdt = _operand(k, ad, "k", self.dtype == "bfloat16")
         _validate.check_filter(arr.shape)
         if shape is not None and tuple(arr.shape) != shape:
             raise ValueError(
@@ -235,11 +240,7 @@ class LongConv:
         """
         named = {"x": x, "pregate": pregate, "postgate": postgate, "skip": skip}
         ad = _arrays.common_adapter(named)
-        xa, xdt = _arrays.to_backend(x, ad)
-        _validate.check_numeric_dtype(xdt, "x")
-        xdt = _arrays.dtype_name(xdt)
-        if xdt == "uint16" and self.dtype == "bfloat16":
-            xdt = "bfloat16"
+        xa, xdt = _operand(x, ad, "x", self.dtype == "bfloat16")
         _validate.check_signal(xa.shape)
         _validate.check_call_length(xa.shape, self.length)
         _validate.check_filter_matches(xa.shape, self._k_shape)
@@ -251,11 +252,7 @@ class LongConv:
             v = named[name]
             if v is None:
                 continue
-            a, adt = _arrays.to_backend(v, ad)
-            _validate.check_numeric_dtype(adt, name)
-            adt = _arrays.dtype_name(adt)
-            if adt == "uint16" and xdt == "bfloat16":
-                adt = "bfloat16"
+            a, adt = _operand(v, ad, name, xdt == "bfloat16")
             if name == "skip":
                 _validate.check_skip(a.shape, xa.shape[-2] if xa.ndim >= 2 else 1)
             else:
