@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from . import _compile
+from . import _compile, _sizes
 from ._kernels import FUSED_ENTRY, FUSED_MAX_N, FUSED_MIN_N, fused_key
 
 __all__ = ["FusedPlan", "PARAMS_FIELDS", "make_plan", "spectrum_order", "window", "fft_size_for"]
@@ -103,22 +103,21 @@ def window(mode: str, L: int, Lk: int) -> tuple[int, int, int]:
     raise ValueError(f"window: unknown mode {mode!r}")
 
 
-def _pow2_at_least(m: int) -> int:
-    return 1 << max(0, (int(m) - 1).bit_length())
-
-
 def fft_size_for(mode: str, L: int, Lk: int) -> tuple[int, int, int, int]:
     """(N, out_offset, Lout, fold) of the fused kernel for a problem, N not yet range-checked.
 
-    ``circular``: N = L when L is a power of two (the filter folded to length L), else the linear
-    product of the signal and the folded filter (N >= 2L - 1) folded back (``fold = L``).
+    N is the shared size table's (:func:`longconv._sizes.plan_fft_size`), at least the fused
+    minimum. ``circular``: N = L when L is a table size the kernels serve (the filter folded to
+    length L), else the linear product of the signal and the folded filter (N >= 2L - 1) folded
+    back (``fold = L``).
     """
+    n = _sizes.plan_fft_size(mode, L, Lk)
     if mode == "circular":
-        if L & (L - 1) == 0 and L >= FUSED_MIN_N:
+        if n == L and L >= FUSED_MIN_N:
             return L, 0, L, 0
-        return max(FUSED_MIN_N, _pow2_at_least(2 * L - 1)), 0, L, L
-    need, off, lout = window(mode, L, Lk)
-    return max(FUSED_MIN_N, _pow2_at_least(need)), off, lout, 0
+        return max(FUSED_MIN_N, _sizes.fft_size(2 * L - 1)), 0, L, L
+    _, off, lout = window(mode, L, Lk)
+    return max(FUSED_MIN_N, n), off, lout, 0
 
 
 _WTAB = {}
