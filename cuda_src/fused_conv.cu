@@ -58,8 +58,8 @@ __device__ __forceinline__ void warp_range(int items, int& begin, int& end) {
 
 // Outer stage over every pair of the tile: radix 2^lr at stride 2^ls (see outer_tc.cuh). SCALED:
 // the radix-16 stage after a radix-r1 one, whose matrix carries W_N^(256 k p) for segment k.
-template <bool INV, bool SCALED>
-__device__ __forceinline__ void outer_all(const ConvParams& p, const tile_ctx& tc, int lr, int ls) {
+template <bool INV, bool SCALED, class P>
+__device__ __forceinline__ void outer_all(const P& p, const tile_ctx& tc, int lr, int ls) {
   const int lane = threadIdx.x & 31, n = p.n, lb = 31 - __clz(n >> 8);  // log2 blocks per pair
   const block_tables& bt = *tc.bt;
   fragA mr, mi, mni;
@@ -85,7 +85,7 @@ __device__ __forceinline__ void outer_all(const ConvParams& p, const tile_ctx& t
 
 // Plain load of the tile into shared memory: x * pregate * in_scale, zero past L, eight elements
 // per thread. Row r of the tile is pair r / 2, plane r % 2 (batch row 2 pair0 + r).
-template <int IO> __device__ __forceinline__ void copy_in(const ConvParams& p, const tile_ctx& tc) {
+template <int IO, class P> __device__ __forceinline__ void copy_in(const P& p, const tile_ctx& tc) {
   const int n = p.n, L = (int)p.L, lg = 28 - __clz(n);  // log2(n / 8)
   const bool vec = p.vec_in;
   for (int w = threadIdx.x; w < (2 * tc.npairs) << lg; w += LC_THREADS) {
@@ -193,22 +193,24 @@ __device__ __forceinline__ void fold_store(const ConvParams& p, const tile_ctx& 
   }
 }
 
-// Largest |pregate * x| of the tile, reduced over the block (every thread gets it); eight
-// elements per thread and step, as the load phase reads them.
-template <int IO> __device__ float tile_max_abs(const ConvParams& p, const tile_ctx& tc, float* red) {
+// Largest |gate * a| over the tile's rows (length len, row b of channel h at (b H + h) len),
+// reduced over the block (every thread gets it); eight elements per thread and step, as the load
+// phases read them. red: LC_WARPS floats of shared memory not in use by another reduction.
+template <int IO>
+__device__ float tile_max_abs_of(const void* a, const void* gate, i64 B, i64 H, i64 len, bool vec,
+                                 int n, const tile_ctx& tc, float* red) {
   float m = 0.f;
-  const int n = p.n, L = (int)p.L, lg = 28 - __clz(n);  // log2(n / 8)
-  const int rows = (int)min((i64)2 * tc.npairs, p.B - 2 * tc.pair0);
-  const bool vec = p.vec_in;
+  const int L = (int)len, lg = 28 - __clz(n);  // log2(n / 8)
+  const int rows = (int)min((i64)2 * tc.npairs, B - 2 * tc.pair0);
   for (int w = threadIdx.x; w < rows << lg; w += LC_THREADS) {
     const int r = w >> lg, t = (w & ((1 << lg) - 1)) << 3;
     if (t >= L) continue;
-    const i64 row = ((2 * tc.pair0 + r) * p.H + tc.h) * p.L;
+    const i64 row = ((2 * tc.pair0 + r) * H + tc.h) * len;
     float v[8];
-    load8<IO>(p.x, row, t, L, vec, v);
-    if (p.pregate) {
+    load8<IO>(a, row, t, L, vec, v);
+    if (gate) {
       float g[8];
-      load8<IO>(p.pregate, row, t, L, vec, g);
+      load8<IO>(gate, row, t, L, vec, g);
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[e] *= g[e];
     }
@@ -223,6 +225,16 @@ template <int IO> __device__ float tile_max_abs(const ConvParams& p, const tile_
 #pragma unroll
   for (int i = 1; i < LC_WARPS; ++i) m = fmaxf(m, red[i]);
   return m;
+}
+
+// The power of two 2^-e that brings a tile maximum m into [1, 2) (1 for zero or non-finite m).
+__device__ __forceinline__ float tile_scale(float m) {
+  return m > 0.f && m <= 3.0e38f ? exp2f((float)-max(-100, min(100, ilogbf(m)))) : 1.f;
+}
+
+// The output multiplier of the spectrum: from device memory when the host left it there.
+template <class P> __device__ __forceinline__ float spectrum_scale(const P& p) {
+  return p.out_scale_ptr ? __ldg(p.out_scale_ptr) : p.out_scale;
 }
 
 // The 256-point segments of the tile: items (segment, pair), segment-major so a warp reuses its
@@ -275,11 +287,9 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
     tc.sm = smem;
     tc.bt = &bt;
     tc.in_scale = 1.f;
-    if (p.prescale) {
-      const float m = tile_max_abs<IO>(p, tc, red);
-      if (m > 0.f && m <= 3.0e38f) tc.in_scale = exp2f((float)-max(-100, min(100, ilogbf(m))));
-    }
-    tc.out_mult = p.out_scale / tc.in_scale;
+    if (p.prescale)
+      tc.in_scale = tile_scale(tile_max_abs_of<IO>(p.x, p.pregate, p.B, p.H, p.L, p.vec_in, n, tc, red));
+    tc.out_mult = spectrum_scale(p) / tc.in_scale;
 
     copy_in<IO>(p, tc);
     __syncthreads();
@@ -308,6 +318,8 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
     __syncthreads();
   }
 }
+
+#include "fused_bwd.cuh"
 
 // One entry point per I/O dtype.
 extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) lc_fused_conv_f16(const ConvParams p) {

@@ -208,16 +208,11 @@ __device__ __forceinline__ void store_block(u16* plane, RowPos row_pos, const fr
   }
 }
 
-// The segment at positions base .. base + 255 of the planes re, im.
-template <int T>
-__device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const seg_consts& kc,
-                                             const block_tables& bt, const float4* __restrict__ kseg,
-                                             int lane) {
-  auto row_pos = [base](int r) { return base + 16 * r; };
+// Stage a of the segment whose row r starts at row_pos(r): C = F x, times the 256-point twiddle.
+template <int T, class RowPos>
+__device__ __forceinline__ void seg_stage_a(const u16* re, const u16* im, RowPos row_pos,
+                                            const seg_consts& kc, int lane, fragC& cr, fragC& ci) {
   const fragA xr = load_block_bt(re, row_pos, lane), xi = load_block_bt(im, row_pos, lane);
-
-  // stage a: C = F x
-  fragC cr, ci;
   mma_ab0(cr, kc.fr, xr);
   mma_ab<T>(cr, kc.nfi, xi);
   mma_ab0(ci, kc.fr, xi);
@@ -230,30 +225,42 @@ __device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const s
       cr.d[t][d] = v.re;
       ci.d[t][d] = v.im;
     }
+}
 
-  // stage b: D = C F, then P = D * K (the spectrum is re-read per pair from L1: holding it across
-  // pairs costs 16 registers and spills)
-  seg_spectrum ks;
-  ks.load(kseg, lane);
-  fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
+// Stage b: D = C F, the segment's spectrum in fragment order.
+template <int T>
+__device__ __forceinline__ void seg_stage_b(const block_tables& bt, int lane, fragC& cr, fragC& ci) {
+  const fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
   fragA mr, mi, mni;
   load_frags(bt.fb, lane, mr, mi, mni);
   mma_ab0(cr, ar, mr);
   mma_ab<T>(cr, ai, mni);
   mma_ab0(ci, ar, mi);
   mma_ab<T>(ci, ai, mr);
+}
+
+// P * K (CONJ: P * conj(K)) in place, K the segment's spectrum at this lane.
+template <bool CONJ>
+__device__ __forceinline__ void seg_product(fragC& cr, fragC& ci, const seg_spectrum& ks) {
 #pragma unroll
   for (int t = 0; t < 2; ++t)
 #pragma unroll
     for (int d = 0; d < 4; ++d) {
-      const cf v = cmul(cf{cr.d[t][d], ci.d[t][d]}, ks.k[t][d]);
+      const cf a = cf{cr.d[t][d], ci.d[t][d]};
+      const cf v = CONJ ? cmulc(a, ks.k[t][d]) : cmul(a, ks.k[t][d]);
       cr.d[t][d] = v.re;
       ci.d[t][d] = v.im;
     }
+}
 
+// Stages b' and a' of a product P held in (cr, ci), stored in place over the segment.
+template <int T, class RowPos>
+__device__ __forceinline__ void seg_inverse_store(u16* re, u16* im, RowPos row_pos,
+                                                  const seg_consts& kc, const block_tables& bt,
+                                                  int lane, fragC& cr, fragC& ci) {
   // stage b': E = P G, times conj(W)
-  ar = to_a<T>(cr);
-  ai = to_a<T>(ci);
+  fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
+  fragA mr, mi, mni;
   load_frags(bt.gb, lane, mr, mi, mni);
   mma_ab0(cr, ar, mr);
   mma_ab<T>(cr, ai, mni);
@@ -280,4 +287,21 @@ __device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const s
   __syncwarp();
   store_block<T>(re, row_pos, cr, lane);
   store_block<T>(im, row_pos, ci, lane);
+}
+
+// The segment at positions base .. base + 255 of the planes re, im: forward, * K, inverse.
+template <int T>
+__device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const seg_consts& kc,
+                                             const block_tables& bt, const float4* __restrict__ kseg,
+                                             int lane) {
+  auto row_pos = [base](int r) { return base + 16 * r; };
+  fragC cr, ci;
+  seg_stage_a<T>(re, im, row_pos, kc, lane, cr, ci);
+  // The spectrum is re-read per pair from L1: holding it across pairs costs 16 registers and
+  // spills.
+  seg_spectrum ks;
+  ks.load(kseg, lane);
+  seg_stage_b<T>(bt, lane, cr, ci);
+  seg_product<false>(cr, ci, ks);
+  seg_inverse_store<T>(re, im, row_pos, kc, bt, lane, cr, ci);
 }

@@ -722,6 +722,9 @@ def params_dtype(fields) -> np.dtype:
 def _as_address(name: str, value) -> int:
     if value is None:
         return 0
+    ptr = getattr(getattr(value, "data", None), "ptr", None)  # cupy.ndarray: no dict built
+    if type(ptr) is int and 0 <= ptr < 2**64:
+        return ptr
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         address = int(value)
     elif hasattr(value, "__cuda_array_interface__"):
@@ -766,27 +769,52 @@ def pack_params(dtype: np.dtype, **values) -> np.ndarray:
             f"pack_params: missing fields {missing}, unknown fields {extra}; "
             f"the struct has {list(names)}"
         )
-    c_types = (dtype.metadata or {}).get("c_types", {})
-    out = np.zeros(1, dtype=dtype)
-    for name in names:
+    row = []
+    for name, kind, lo, hi in _field_kinds(dtype):
         value = values[name]
-        base = dtype.fields[name][0].base
-        if c_types.get(name) == "ptr":
+        if kind == "ptr":
             value = _as_address(name, value)
-        elif base.kind in "iu":
-            info = np.iinfo(base)
-            items = value if isinstance(value, (list, tuple, np.ndarray)) else [value]
-            items = np.asarray(items, dtype=object).ravel().tolist()
-            if not all(isinstance(v, (int, np.integer)) for v in items):
-                raise TypeError(
-                    f"pack_params: field {name!r} is {base}; got {value!r}"
-                )
-            if any(not info.min <= int(v) <= info.max for v in items):
-                raise ValueError(
-                    f"pack_params: field {name!r} ({base}) out of range: {value!r}"
-                )
-        out[name] = value
-    return out
+        elif kind == "int":
+            if type(value) is int:  # the common case, checked without building arrays
+                if not lo <= value <= hi:
+                    raise ValueError(
+                        f"pack_params: field {name!r} ({dtype.fields[name][0].base}) out of "
+                        f"range: {value!r}")
+            else:
+                items = value if isinstance(value, (list, tuple, np.ndarray)) else [value]
+                items = np.asarray(items, dtype=object).ravel().tolist()
+                if not all(isinstance(v, (int, np.integer)) for v in items):
+                    raise TypeError(
+                        f"pack_params: field {name!r} is {dtype.fields[name][0].base}; "
+                        f"got {value!r}")
+                if any(not lo <= int(v) <= hi for v in items):
+                    raise ValueError(
+                        f"pack_params: field {name!r} ({dtype.fields[name][0].base}) out of "
+                        f"range: {value!r}")
+        row.append(value)
+    return np.array([tuple(row)], dtype=dtype)
+
+
+_FIELD_KINDS = {}
+
+
+def _field_kinds(dtype: np.dtype):
+    """(name, "ptr" | "int" | "other", min, max) of every field of a params dtype (cached)."""
+    kinds = _FIELD_KINDS.get(dtype)
+    if kinds is None:
+        c_types = (dtype.metadata or {}).get("c_types", {})
+        kinds = []
+        for name in dtype.names or ():
+            base = dtype.fields[name][0].base
+            if c_types.get(name) == "ptr":
+                kinds.append((name, "ptr", 0, 0))
+            elif base.kind in "iu":
+                info = np.iinfo(base)
+                kinds.append((name, "int", int(info.min), int(info.max)))
+            else:
+                kinds.append((name, "other", 0, 0))
+        kinds = _FIELD_KINDS[dtype] = tuple(kinds)
+    return kinds
 
 
 def params_bytes(dtype: np.dtype, **values) -> bytes:
@@ -1091,7 +1119,9 @@ def prepare(kernel, smem_bytes: int):
             f"dynamic shared memory (+{static} static) but {info.name} allows at "
             f"most {info.smem_optin} bytes per block; choose a smaller tile"
         )
-    if smem_bytes > DEFAULT_DYNAMIC_SMEM and (
+    # Without the opt-in a block's static and dynamic shared memory together stay within the
+    # 48 KiB default.
+    if smem_bytes + static > DEFAULT_DYNAMIC_SMEM and (
         kernel.max_dynamic_shared_size_bytes < smem_bytes
     ):
         kernel.max_dynamic_shared_size_bytes = smem_bytes

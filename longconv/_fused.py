@@ -19,20 +19,33 @@ import math
 import numpy as np
 
 from . import _compile, _sizes
-from ._kernels import FUSED_ENTRY, FUSED_MAX_N, FUSED_MIN_N, fused_key
+from ._kernels import BWD_ENTRY, BWD_MAX_N, FUSED_ENTRY, FUSED_MAX_N, FUSED_MIN_N, fused_key
 
-__all__ = ["FusedPlan", "PARAMS_FIELDS", "make_plan", "spectrum_order", "window", "fft_size_for"]
+__all__ = ["BWD_PARAMS_FIELDS", "FusedPlan", "PARAMS_FIELDS", "make_plan", "spectrum_order",
+           "window", "fft_size_for"]
 
 #: Mirror of ``struct ConvParams`` in ``cuda_src/params.cuh`` (same order).
 PARAMS_FIELDS = (
     ("x", "ptr"), ("pregate", "ptr"), ("postgate", "ptr"), ("skip", "ptr"), ("kspec", "ptr"),
-    ("wtab", "ptr"), ("wtn", "ptr"), ("y", "ptr"),
+    ("wtab", "ptr"), ("wtn", "ptr"), ("out_scale_ptr", "ptr"), ("y", "ptr"),
     ("B", "i64"), ("H", "i64"), ("L", "i64"), ("Lout", "i64"), ("out_offset", "i64"),
     ("fold", "i64"), ("k_hstride", "i64"), ("n_tiles", "i64"), ("tiles_per_h", "i64"),
     ("n", "i32"), ("pairs", "i32"), ("prescale", "i32"), ("vec_in", "i32"), ("vec_out", "i32"),
     ("out_scale", "f32"),
 )
 PARAMS_DTYPE = _compile.params_dtype(PARAMS_FIELDS)
+
+#: Mirror of ``struct BwdParams`` in ``cuda_src/params.cuh`` (same order).
+BWD_PARAMS_FIELDS = (
+    ("x", "ptr"), ("pregate", "ptr"), ("dy", "ptr"), ("postgate", "ptr"), ("skip", "ptr"),
+    ("kspec", "ptr"), ("wtab", "ptr"), ("wtn", "ptr"), ("out_scale_ptr", "ptr"),
+    ("dx", "ptr"), ("dpre", "ptr"), ("dpost", "ptr"), ("dkspec", "ptr"),
+    ("B", "i64"), ("H", "i64"), ("L", "i64"), ("Lout", "i64"), ("out_offset", "i64"),
+    ("k_hstride", "i64"), ("n_tiles", "i64"), ("splits", "i64"), ("tile_pairs", "i64"),
+    ("n", "i32"), ("pairs", "i32"), ("prescale", "i32"), ("vec_in", "i32"), ("vec_out", "i32"),
+    ("slots", "i32"), ("out_scale", "f32"),
+)
+BWD_PARAMS_DTYPE = _compile.params_dtype(BWD_PARAMS_FIELDS)
 
 THREADS = 256
 MODES = ("causal", "circular", "full", "same", "valid")
@@ -120,6 +133,32 @@ def fft_size_for(mode: str, L: int, Lk: int) -> tuple[int, int, int, int]:
     return max(FUSED_MIN_N, n), off, lout, 0
 
 
+_ORDERS = {}
+
+
+def _kspec_order(cupy, n):
+    """Frequency index of each stored spectrum element in storage order, on the device (cached).
+
+    Stored per segment as 4 groups of (32 lanes x 2 complex): group i of every lane in turn, so
+    each of a warp's four 16-byte loads reads 512 contiguous bytes.
+    """
+    key = ("kspec", cupy.cuda.runtime.getDevice(), n)
+    order = _ORDERS.get(key)
+    if order is None:
+        o = spectrum_order(n).reshape(n // 256, 32, 4, 2).transpose(0, 2, 1, 3)
+        order = _ORDERS[key] = cupy.asarray(np.ascontiguousarray(o).reshape(-1))
+    return order
+
+
+def _frag_inverse(cupy, n):
+    """For each frequency, its element in the backward's dk sums ((segment, lane, 8)), cached."""
+    key = ("frag", cupy.cuda.runtime.getDevice(), n)
+    inv = _ORDERS.get(key)
+    if inv is None:
+        inv = _ORDERS[key] = cupy.asarray(np.argsort(spectrum_order(n).reshape(-1)))
+    return inv
+
+
 _WTAB = {}
 
 
@@ -144,6 +183,19 @@ def _twiddle_table_n(cupy, n):
         j = np.concatenate([np.arange(64), 64 * np.arange(n // 64)])
         tab = _WTN[key] = cupy.asarray(np.exp(-2j * np.pi * j / n).astype(np.complex64))
     return tab
+
+
+def _smem_budget(info, per_pair: int) -> int:
+    """Shared memory per block for tiles of ``per_pair`` bytes per sequence pair.
+
+    Two blocks per SM (the kernels' __launch_bounds__ minimum) so the phases of one block overlap
+    those of the other, each at most 64 KB so about 100 KB of the SM's 256 KB stay L1 for the
+    filter spectra the warps re-read per pair (ncu, H100, N = 4096: 76% L1 hit rate with 64 KB
+    blocks; with 115 KB blocks the re-reads went to L2 and the kernel ran 1.3x slower). A pair
+    larger than that gets the whole opt-in limit (one block per SM).
+    """
+    budget = min(info.smem_optin, info.smem_per_sm // 2 - 8192, 65536)
+    return budget if per_pair <= budget else info.smem_optin
 
 
 def _aligned16(a) -> bool:
@@ -217,15 +269,9 @@ class FusedPlan:
                 f"this problem needs {N}")
         self.n = self.fft_size = N
         info = _compile.device_info()
-        # Shared memory: 4 N bytes per pair. Two blocks per SM (the kernel's __launch_bounds__
-        # minimum) so the phases of one block overlap those of the other, each at most 64 KB so
-        # about 100 KB of the SM's 256 KB stay L1 for the filter spectra the warps re-read per
-        # pair (ncu, H100, N = 4096: 76% L1 hit rate with 64 KB blocks; with 115 KB blocks the
-        # re-reads went to L2 and the kernel ran 1.3x slower).
+        # Shared memory: 4 N bytes per pair (see _smem_budget).
         per_pair = 4 * N
-        budget = min(info.smem_optin, info.smem_per_sm // 2 - 8192, 65536)
-        if per_pair > budget:
-            budget = info.smem_optin
+        budget = _smem_budget(info, per_pair)
         if per_pair > budget:
             raise NotImplementedError(
                 f"FFT size {N} needs {per_pair} bytes of shared memory; {info.name} allows "
@@ -253,6 +299,9 @@ class FusedPlan:
             raise ValueError(f"k must keep its shape {(self.Hk, self.Lk)}, got {k.shape}")
         N = self.n
         kk = k.astype(cupy.float64)
+        if self.mode == "causal" and self.Lk > self.L:
+            # taps past L never reach a causal output, but their circular images would
+            kk = kk[:, : self.L]
         if self.mode == "circular":
             # Circular of length L: the taps fold onto the circle of length L.
             L = self.L
@@ -267,19 +316,38 @@ class FusedPlan:
             spec = spec * (cupy.minimum(j, N - j) < keep)
         spec *= 1.0 / math.sqrt(N)
         # Stored with max |K| in (1/2, 1]: the kernel's fp16 range bound assumes it; the power of
-        # two returns in the output multiplier.
-        peak = float(cupy.abs(spec).max())
-        self._out_scale = 2.0 ** math.ceil(math.log2(peak)) if 0 < peak < math.inf else 1.0
-        spec *= 1.0 / self._out_scale
-        # Stored per segment as 4 groups of (32 lanes x 2 complex): group i of every lane in turn,
-        # so each of a warp's four 16-byte loads reads 512 contiguous bytes.
-        order = spectrum_order(N).reshape(N // 256, 32, 4, 2).transpose(0, 2, 1, 3)
-        order = cupy.asarray(np.ascontiguousarray(order).reshape(-1))
-        self._kspec = cupy.ascontiguousarray(spec[:, order].astype(cupy.complex64))
+        # two returns in the output multiplier, which stays in device memory (the kernels read
+        # it), so no call reads back to the host (stream order, CUDA-graph capture).
+        peak = cupy.abs(spec).max()
+        ok = (peak > 0) & (peak < math.inf)
+        scale = cupy.where(ok, cupy.exp2(cupy.ceil(cupy.log2(cupy.where(ok, peak, 1.0)))), 1.0)
+        spec *= 1.0 / scale
+        self._out_scale_dev = scale.astype(cupy.float32).reshape(1)
+        self._kspec = cupy.ascontiguousarray(spec[:, _kspec_order(cupy, N)].astype(cupy.complex64))
         return self
+
+    @property
+    def out_scale(self) -> float:
+        """The power of two the stored spectrum was divided by (read from the device)."""
+        return float(self._out_scale_dev[0])
 
     def __call__(self, x, pregate=None, postgate=None, skip=None, out=None):
         """y = postgate * conv(pregate * x, k) + skip * x for x of shape (B, H, L)."""
+        cupy = _cupy()
+        x, pregate, postgate, skip = self._operands(x, pregate, postgate, skip)
+        B, H, L = x.shape
+        dt = x.dtype
+        y = out if out is not None else cupy.empty((B, H, self.Lout), dtype=dt)
+        if y.shape != (B, H, self.Lout) or y.dtype != dt or not y.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {dt} array of shape {(B, H, self.Lout)}")
+        if B == 0 or H == 0 or self.Lout == 0:
+            return y
+        self.launch(*self.launch_args(x, pregate, postgate, skip, y))
+        return y
+
+    def _operands(self, x, pregate, postgate, skip):
+        """x (B, H, L) and the gates and skip checked against the plan, C-contiguous, the gates
+        broadcast to (B, H, L) and (B, H, Lout) in x's dtype, skip to (H,) float32."""
         cupy = _cupy()
         if x.ndim != 3 or x.shape[2] != self.L:
             raise ValueError(f"x must have shape (B, H, {self.L}), got {x.shape}")
@@ -287,7 +355,6 @@ class FusedPlan:
         if self.Hk not in (1, H):
             raise ValueError(f"x has {H} channels but the plan holds {self.Hk} filters")
         dt = x.dtype
-        x = cupy.ascontiguousarray(x)
 
         def operand(a, shape, name):
             if a is None:
@@ -303,15 +370,9 @@ class FusedPlan:
             if self.Lout != L:
                 raise ValueError(f"skip needs an output as long as the input ({L}), "
                                  f"this mode gives {self.Lout}")
-            skip = cupy.asarray(skip, dtype=cupy.float32)
-            skip = cupy.ascontiguousarray(cupy.broadcast_to(skip, (H,)))
-        y = out if out is not None else cupy.empty((B, H, self.Lout), dtype=dt)
-        if y.shape != (B, H, self.Lout) or y.dtype != dt or not y.flags.c_contiguous:
-            raise ValueError(f"out must be a C-contiguous {dt} array of shape {(B, H, self.Lout)}")
-        if B == 0 or H == 0 or self.Lout == 0:
-            return y
-        self.launch(*self.launch_args(x, pregate, postgate, skip, y))
-        return y
+            skip = cupy.ascontiguousarray(
+                cupy.broadcast_to(cupy.asarray(skip, dtype=cupy.float32), (H,)))
+        return cupy.ascontiguousarray(x), pregate, postgate, skip
 
     def launch_args(self, x, pregate, postgate, skip, y):
         """(grid, shared memory bytes, packed params) of one launch on validated operands."""
@@ -336,13 +397,144 @@ class FusedPlan:
             k_hstride=0 if self.Hk == 1 else self.n // 2, n_tiles=n_tiles,
             tiles_per_h=tiles_per_h, n=self.n, pairs=pairs, prescale=self._prescale,
             vec_in=int(vec_in), vec_out=int(vec_out),
-            out_scale=self._out_scale)
+            out_scale_ptr=self._out_scale_dev, out_scale=1.0)
         return grid, smem, params
 
     def launch(self, grid, smem, params):
         """Launch on the current stream with arguments from :meth:`launch_args`."""
         _compile.prepare(self._kernel, smem)
         self._kernel((grid,), (THREADS,), (params,), shared_mem=smem)
+
+    # ------------------------------------------------------------------ backward
+
+    def _numbers(self, a):
+        """An I/O array's values in float32 (bfloat16 travels as uint16 bits)."""
+        cupy = _cupy()
+        if self.io_dtype == "bfloat16":
+            return (a.astype(cupy.uint32) << 16).view(cupy.float32)
+        return a.astype(cupy.float32)
+
+    def _io_array(self, v):
+        """float32 values as an I/O array (bfloat16: uint16 bits, rounded to nearest even)."""
+        cupy = _cupy()
+        if self.io_dtype == "bfloat16":
+            from ._arrays import float32_to_bf16
+
+            return float32_to_bf16(v.astype(cupy.float32), cupy)
+        return v.astype(self.io_dtype)
+
+    @property
+    def backward_supported(self) -> bool:
+        """Whether :meth:`backward` serves this plan (FFT size, no fold, no freq_keep, memory)."""
+        return (self.fold == 0 and self.freq_keep is None and self.n <= BWD_MAX_N
+                and 8 * self.n <= _smem_budget(self._info, 8 * self.n))
+
+    def backward(self, x, dy, pregate=None, postgate=None, skip=None, *, need_x=True,
+                 need_k=True, need_pregate=False, need_postgate=False, need_skip=False,
+                 out=None):
+        """Gradients of ``y = postgate * conv(pregate * x, k) + skip * x`` for a given ``dy``.
+
+        One launch of the fused backward computes every requested gradient: ``dx``,
+        ``dpregate = x * corr(postgate * dy, k)`` and ``dpostgate = dy * conv(pregate * x, k)``
+        (elementwise, shape of x and y; the caller sums over axes a gate was broadcast along),
+        and ``dk``, the batch sum of ``corr(postgate * dy, pregate * x)`` accumulated in fp32,
+        shape ``(Hk, Lk)`` float32. ``dskip`` (shape (H,), float32) is a reduction of dy * x.
+
+        ``out`` may hold C-contiguous arrays for the keys ``x``, ``pregate``, ``postgate`` to write
+        into.
+
+        Returns
+        -------
+        dict with keys ``x``, ``k``, ``pregate``, ``postgate``, ``skip``: arrays, or None where
+        not requested.
+        """
+        cupy = _cupy()
+        if not self.backward_supported:
+            raise NotImplementedError(
+                f"the fused backward serves FFT sizes {FUSED_MIN_N}..{BWD_MAX_N} without "
+                f"freq_keep or a circular fold; this plan has N={self.n}, fold={self.fold}, "
+                f"freq_keep={self.freq_keep}")
+        x, pregate, postgate, skip = self._operands(x, pregate, postgate, skip)
+        B, H, L = x.shape
+        dt = x.dtype
+        if dy.shape != (B, H, self.Lout) or dy.dtype != dt:
+            raise ValueError(f"dy must be a {dt} array of shape {(B, H, self.Lout)}, "
+                             f"got {dy.dtype} {dy.shape}")
+        dy = cupy.ascontiguousarray(dy)
+        need_pregate = need_pregate and pregate is not None
+        need_postgate = need_postgate and postgate is not None
+        res = {"x": None, "k": None, "pregate": None, "postgate": None, "skip": None}
+        if need_skip and skip is not None:
+            res["skip"] = (self._numbers(dy) * self._numbers(x)).sum(axis=(0, 2))
+        want_g = need_x or need_pregate
+        if not (want_g or need_k or need_postgate) or B == 0 or H == 0:
+            if need_x:
+                res["x"] = cupy.zeros_like(x) if skip is None else \
+                    self._io_array(skip[:, None] * self._numbers(dy))
+            if need_k:
+                res["k"] = cupy.zeros((self.Hk, self.Lk), dtype=cupy.float32)
+            return res
+        def buffer(name, like, wanted):
+            if not wanted:
+                return None
+            a = (out or {}).get(name)
+            if a is None:
+                return cupy.empty_like(like)
+            if a.shape != like.shape or a.dtype != like.dtype or not a.flags.c_contiguous:
+                raise ValueError(f"out[{name!r}] must be a C-contiguous {like.dtype} array of "
+                                 f"shape {like.shape}")
+            return a
+
+        dx = buffer("x", x, need_x)
+        dpre = buffer("pregate", x, need_pregate)
+        dpost = buffer("postgate", dy, need_postgate)
+        N = self.n
+        npairs = (B + 1) // 2
+        pairs = max(1, min(MAX_PAIRS, _smem_budget(self._info, 8 * N) // (8 * N), npairs))
+        slots = max(1, 8 // (N // 256))
+        groups = -(-npairs // pairs)
+        # Tiles (channel, run of pairs): enough for two blocks per SM, no more, since every
+        # tile adds one dk partial sum (slots x N complex) for the host to reduce.
+        sms = self._info.sm_count
+        splits = min(groups, max(1, -(-2 * sms // H)))
+        tile_pairs = -(-groups // splits) * pairs
+        splits = -(-npairs // tile_pairs)
+        n_tiles = H * splits
+        dks = cupy.empty(n_tiles * slots * N, dtype=cupy.complex64) if need_k else None
+        smem = 8 * N * pairs
+        blocks_per_sm = max(1, min(2, self._info.smem_per_sm // (smem + 1024)))
+        grid = int(min(n_tiles, sms * blocks_per_sm))
+        vec_in = L % 8 == 0 and all(_aligned16(a) for a in (x, pregate, dx, dpre))
+        vec_out = self.Lout % 8 == 0 and all(_aligned16(a) for a in (dy, postgate, dpost))
+        want = ("u" if need_postgate else "") + ("g" if want_g else "") or "k"
+        kernel = _compile.get_kernel(fused_key(), BWD_ENTRY[self.io_dtype][want])
+        params = _compile.pack_params(
+            BWD_PARAMS_DTYPE, x=x, pregate=pregate, dy=dy, postgate=postgate, skip=skip,
+            kspec=self._kspec, wtab=self._wtab, wtn=self._wtn, out_scale_ptr=self._out_scale_dev,
+            dx=dx, dpre=dpre, dpost=dpost, dkspec=dks, B=B, H=H, L=L, Lout=self.Lout,
+            out_offset=self.out_offset, k_hstride=0 if self.Hk == 1 else N // 2,
+            n_tiles=n_tiles, splits=splits, tile_pairs=tile_pairs, n=N, pairs=pairs,
+            prescale=self._prescale, vec_in=int(vec_in), vec_out=int(vec_out), slots=slots,
+            out_scale=1.0)
+        _compile.prepare(kernel, smem)
+        kernel((grid,), (THREADS,), (params,), shared_mem=smem)
+        res["x"], res["pregate"], res["postgate"] = dx, dpre, dpost
+        if need_k:
+            # sum over tiles and slots (fp32), back to natural frequency order; the real part of
+            # N * IFFT is the batch sum of the pairs' correlations (see fused_bwd.cuh).
+            acc = dks.reshape(H, splits * slots, N)
+            acc = acc[:, 0] if splits * slots == 1 else acc.sum(axis=1)
+            corr = cupy.fft.ifft(acc[:, _frag_inverse(cupy, N)], axis=-1).real
+            if self.mode == "circular":
+                dk = corr[:, cupy.arange(self.Lk) % N] * np.float32(N)
+            else:
+                # taps past the output window never meet the input (their circular images
+                # would alias back onto it when the filter is longer than the signal)
+                m = min(self.Lk, self.out_offset + self.Lout)
+                dk = cupy.zeros((H, self.Lk), dtype=cupy.float32)
+                dk[:, :m] = corr[:, :m] * np.float32(N)
+            res["k"] = dk.sum(axis=0, keepdims=True) if self.Hk == 1 and H > 1 else dk
+        return res
 
 
 def make_plan(k, L, *, mode, io_dtype, n=None, freq_keep=None, kernel_len=None, precision=None,

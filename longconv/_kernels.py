@@ -19,6 +19,15 @@ FUSED_ENTRY = {"float16": "lc_fused_conv_f16", "bfloat16": "lc_fused_conv_bf16",
                "float32": "lc_fused_conv_f32"}
 
 
+#: Largest FFT size of the fused backward (u and g of one pair in shared memory: 8 N bytes).
+BWD_MAX_N = 16384
+
+#: Entry points of the fused backward (``cuda_src/fused_bwd.cuh``) by I/O dtype and the set of
+#: wanted outputs: "k" dk only, "g" dx and/or dpregate (and dk), "u" dpostgate (and dk), "ug" all.
+BWD_ENTRY = {io: {want: f"lc_fused_bwd_{tag}_{want}" for want in ("k", "g", "u", "ug")}
+             for io, tag in (("float16", "f16"), ("bfloat16", "bf16"), ("float32", "f32"))}
+
+
 def fused_key(arch: str = "") -> KernelKey:
     """Key of the fused convolution module (``arch`` empty: the current device's)."""
     return KernelKey("fused_conv", FUSED_MAX_N, "fp16", arch=arch)

@@ -414,6 +414,8 @@ def test_shipped_params_struct_matches_its_dtype():
     for arch in ARCHS:
         lc.check_layout(lc.load_source("params.cuh"), "ConvParams", lc.params_dtype(fields),
                         arch=arch)
+        lc.check_layout(lc.load_source("params.cuh"), "BwdParams",
+                        lc.params_dtype(fused.BWD_PARAMS_FIELDS), arch=arch)
 
 
 # --------------------------------------------------------------------------

@@ -198,3 +198,149 @@ def test_unaligned_operands(rng, dtype):
     plan(x, postgate=post, out=y)
     testing.assert_all_written(y, dtype)
     testing.assert_close(y, oracle(x, k, "circular", dtype, plan, postgate=post), dtype)
+
+
+# --------------------------------------------------------------------------
+# fused backward
+
+
+def backward_oracle(x, k, dy, plan, dtype, pregate=None, postgate=None, skip=None):
+    """Float64 gradients of y = postgate * conv(pregate * x, k) + skip * x in the plan's mode."""
+    xh, dyh = testing.to_host(x, dtype), testing.to_host(dy, dtype)
+    pre = None if pregate is None else testing.to_host(pregate, dtype)
+    post = None if postgate is None else testing.to_host(postgate, dtype)
+    B, H, L = xh.shape
+    kk = np.broadcast_to(k.astype(np.float64), (H, k.shape[1]))
+    Lk = kk.shape[1]
+    u = xh if pre is None else xh * pre
+    g = dyh if post is None else dyh * post
+    if plan.mode == "circular":
+        M = L
+        reps = -(-Lk // L)
+        kf = np.zeros((H, reps * L))
+        kf[:, :Lk] = kk
+        kf = kf.reshape(H, reps, L).sum(axis=1)
+        G = g
+        taps = np.arange(Lk) % L
+    else:
+        M = L + Lk - 1
+        kf = kk
+        G = np.zeros((B, H, M))
+        G[..., plan.out_offset: plan.out_offset + plan.Lout] = g
+        taps = np.arange(Lk)
+    Gf = np.fft.fft(G, M)
+    c_g = np.fft.ifft(Gf * np.conj(np.fft.fft(kf, M)), M).real[..., :L]
+    dk_c = np.fft.ifft((Gf * np.conj(np.fft.fft(u, M))).sum(axis=0), M).real
+    c_u = np.fft.ifft(np.fft.fft(u, M) * np.fft.fft(kf, M), M).real
+    if plan.mode != "circular":
+        c_u = c_u[..., plan.out_offset: plan.out_offset + plan.Lout]
+    dk = dk_c[:, taps]
+    if k.shape[0] == 1:
+        dk = dk.sum(axis=0, keepdims=True)
+    dx = c_g if pre is None else c_g * pre
+    if skip is not None:
+        dx = dx + cp.asnumpy(skip)[None, :, None] * dyh
+    return {"x": dx, "k": dk, "pregate": xh * c_g, "postgate": dyh * c_u,
+            "skip": None if skip is None else (dyh * xh).sum(axis=(0, 2))}
+
+
+def run_backward(rng, B, H, L, Lk, mode, dtype, *, gates=False, skip=False, shared_filter=False,
+                 need_k=True, need_x=True):
+    x = testing.random_array(rng, (B, H, L), dtype, xp=cp)
+    k = rng.standard_normal((1 if shared_filter else H, Lk)).astype(np.float32)
+    plan = _fused.FusedPlan(cp.asarray(k), L, mode=mode, io_dtype=dtype)
+    assert plan.backward_supported
+    dy = testing.random_array(rng, (B, H, plan.Lout), dtype, xp=cp)
+    kw = {}
+    if gates:
+        kw["pregate"] = testing.random_array(rng, (B, H, L), dtype, xp=cp)
+        kw["postgate"] = testing.random_array(rng, (B, H, plan.Lout), dtype, xp=cp)
+    if skip:
+        kw["skip"] = cp.asarray(rng.standard_normal(H).astype(np.float32))
+    out = {"x": testing.nan_poison((B, H, L), dtype, xp=cp),
+           "pregate": testing.nan_poison((B, H, L), dtype, xp=cp),
+           "postgate": testing.nan_poison((B, H, plan.Lout), dtype, xp=cp)}
+    before = (x.copy(), dy.copy())
+    res = plan.backward(x, dy, **kw, need_x=need_x, need_k=need_k, need_pregate=gates,
+                        need_postgate=gates, need_skip=skip, out=out)
+    assert cp.array_equal(x, before[0]) and cp.array_equal(dy, before[1])
+    ref = backward_oracle(x, k, dy, plan, dtype, **kw)
+    checked = 0
+    for name, got in res.items():
+        if got is None:
+            continue
+        if name in out:
+            assert got is out[name]
+            testing.assert_all_written(got, dtype)
+            testing.assert_close(got, ref[name], dtype)
+        else:  # dk, dskip: float32 sums of products of fp16 tensor-core operands
+            assert got.dtype == cp.float32
+            testing.assert_close(got, ref[name], rtol=testing.tolerance(dtype))
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [256, 512, 1024, 2048, 4096, 8192, 16384])
+def test_backward_causal_every_size(rng, dtype, n):
+    assert run_backward(rng, 5, 3, n // 2, n // 2, "causal", dtype) == 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [256, 1024, 4096, 16384])
+def test_backward_gated_circular(rng, dtype, n):
+    assert run_backward(rng, 4, 2, n, n, "circular", dtype, gates=True, skip=True) == 5
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode,L,Lk", [("causal", 1000, 77), ("causal", 333, 1200),
+                                       ("same", 999, 301), ("full", 700, 300),
+                                       ("valid", 1000, 257), ("circular", 512, 1500)])
+def test_backward_windows_and_awkward_lengths(rng, dtype, mode, L, Lk):
+    assert run_backward(rng, 3, 2, L, Lk, mode, dtype, gates=True) == 4
+
+
+@pytest.mark.parametrize("need", [(True, False), (False, True)])
+def test_backward_subsets_and_shared_filter(rng, need):
+    need_x, need_k = need
+    assert run_backward(rng, 7, 3, 2048, 2048, "causal", "float16", shared_filter=True,
+                        need_x=need_x, need_k=need_k) == 1
+
+
+def test_backward_many_tiles_per_channel(rng):
+    # H = 1 and a long batch: the pairs of one channel split over many tiles, dk summed over them
+    assert run_backward(rng, 301, 1, 4096, 4096, "causal", "bfloat16", skip=True) == 3
+
+
+def test_backward_small_gradients_keep_their_precision(rng):
+    # gradients far below fp16's normal range (2^-14): the g planes are scaled per group
+    x = testing.random_array(rng, (4, 2, 2048), "float16", xp=cp)
+    k = rng.standard_normal((2, 2048)).astype(np.float32)
+    plan = _fused.FusedPlan(cp.asarray(k), 2048, mode="causal", io_dtype="float16")
+    dy = (testing.random_array(rng, (4, 2, 2048), "float32", xp=cp) * 1e-6).astype(cp.float16)
+    res = plan.backward(x, dy)
+    ref = backward_oracle(x, k, dy, plan, "float16")
+    testing.assert_close(res["x"], ref["x"], "float16")
+    testing.assert_close(res["k"], ref["k"], rtol=testing.tolerance("float16"))
+
+
+def test_backward_refuses_what_it_does_not_serve(rng):
+    k = cp.asarray(rng.standard_normal((2, 100)).astype(np.float32))
+    x = testing.random_array(rng, (2, 2, 300), "float16", xp=cp)
+    plan = _fused.FusedPlan(k, 300, mode="circular", io_dtype="float16")  # folded circular
+    assert not plan.backward_supported
+    with pytest.raises(NotImplementedError, match="fused backward"):
+        plan.backward(x, x)
+    plan = _fused.FusedPlan(k, 300, mode="causal", io_dtype="float16")
+    with pytest.raises(ValueError, match="dy must be"):
+        plan.backward(x, x[:, :, :10])
+
+
+def test_tile_just_under_the_dynamic_default(rng):
+    # 5 pairs of N = 2048 take 40 KB of dynamic shared memory: with the kernel's static tables the
+    # block needs more than the 48 KB default, so the launch must opt in
+    x, k, plan, kw, y = run_plan(rng, 10, 300, 1024, 1024, "causal", "float16")
+    grid, smem, _ = plan.launch_args(x, None, None, None, y)
+    assert smem == 5 * 4 * 2048
+    testing.assert_close(testing.to_host(y, "float16"), oracle(x, k, "causal", "float16", plan),
+                         "float16")

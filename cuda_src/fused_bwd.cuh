@@ -1,0 +1,320 @@
+// Fused backward of y = postgate * conv(u, k) + skip * x, u = pregate * x (FFT size N = 256 ..
+// 16384), one launch for every gradient.
+//
+// With g = postgate * dy placed at the output window's circular positions (j + out_offset):
+//   dx    = pregate * c_g + skip * dy,   c_g = corr(g, k) = IFFT(G * conj(K))
+//   dpre  = x * c_g
+//   dpost = dy * c_u (at the window),    c_u = conv(u, k)  = IFFT(U * K)
+//   dk[s] = sum over the batch of corr(g, u)[s] = IFFT(sum conj(U) G)[s]
+// Sequences travel in pairs as in the forward (z = u_b + i u_{b+1}, w = g_b + i g_{b+1}); for dk,
+// the real part of corr(z, w) is corr(u_b, g_b) + corr(u_{b+1}, g_{b+1}), so the kernel sums
+// conj(Z) W over the pairs (fp32) and the host takes the real part after its inverse FFT.
+//
+// A tile is one channel h and a run of pairs, processed in groups of `pairs` that fit shared
+// memory: the group's u planes, then its g planes (8 N bytes per pair). Each group: load (u
+// scaled like the forward; g always scaled by a power of two per group, since gradients are often
+// far below fp16's normal range), the forward outer stages of u and g, the 256-point segments
+// (forward both, accumulate conj(U) G, then the products with K and conj(K) back in place), the
+// inverse outer stages of the planes still needed, the stores.
+//
+// dk partial sums: warp w owns segment (w mod S) + 8 m (S = min(N / 256, 8)) and, when fewer than
+// 8 segments, the pairs i = slot (mod 8 / S), slot = w / S, so each (segment, slot) of a tile has
+// one writer and no atomics are needed; the host sums the tiles and slots. A warp stores its sum
+// of the tile's first group and adds those of the later groups (in L2); holding the sums in
+// registers across groups spilled.
+
+// Load of the g planes of a group: g = postgate * dy * scale at circular position j + out_offset,
+// zero elsewhere; eight positions per thread and step.
+template <int IO>
+__device__ __forceinline__ void copy_in_g(const BwdParams& p, const tile_ctx& tc, float scale) {
+  const int n = p.n, lout = (int)p.Lout, off = (int)p.out_offset, lg = 28 - __clz(n);
+  const bool vec = p.vec_out && (off & 7) == 0;
+  for (int w = threadIdx.x; w < (2 * tc.npairs) << lg; w += LC_THREADS) {
+    const int r = w >> lg, pos = (w & ((1 << lg) - 1)) << 3;
+    const i64 b = 2 * tc.pair0 + r;
+    const bool live = b < p.B;
+    const i64 row = (b * p.H + tc.h) * p.Lout;
+    const int j = pos - off;
+    float v[8];
+    if (vec) {
+      if (live && j >= 0 && j < lout) {
+        load8<IO>(p.dy, row, j, lout, true, v);
+        if (p.postgate) {
+          float gt[8];
+          load8<IO>(p.postgate, row, j, lout, true, gt);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) v[e] *= gt[e];
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = 0.f;
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int jj = j + e;
+        float a = 0.f;
+        if (live && jj >= 0 && jj < lout) {
+          a = load_io<IO>(p.dy, row + jj);
+          if (p.postgate) a *= load_io<IO>(p.postgate, row + jj);
+        }
+        v[e] = a;
+      }
+    }
+    u32 q[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) q[e] = pack2<LC_MT>(v[2 * e] * scale, v[2 * e + 1] * scale);
+    *reinterpret_cast<uint4*>(tc.sm + n * r + smem_index(pos)) = uint4{q[0], q[1], q[2], q[3]};
+  }
+}
+
+// Eight values of a plane from position pos on, times mult (pos a multiple of 8 when aligned).
+__device__ __forceinline__ void plane8(const u16* plane, int pos, int n, bool aligned, float mult,
+                                       float (&v)[8]) {
+  if (aligned) {
+    const uint4 a = *reinterpret_cast<const uint4*>(plane + smem_index(pos));
+    const u32 q[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      v[2 * e] = to_f32<LC_MT>((u16)(q[e] & 0xffffu)) * mult;
+      v[2 * e + 1] = to_f32<LC_MT>((u16)(q[e] >> 16)) * mult;
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = to_f32<LC_MT>(plane[smem_index((pos + e) & (n - 1))]) * mult;
+  }
+}
+
+// Stores of a group: dx and dpre from the g planes (c_g at positions 0 .. L - 1), dpost from the
+// u planes (c_u at the output window).
+template <int IO>
+__device__ __forceinline__ void store_bwd(const BwdParams& p, const tile_ctx& tu, const tile_ctx& tg) {
+  const int n = p.n, L = (int)p.L, lout = (int)p.Lout, off = (int)p.out_offset;
+  const int rows = (int)min((i64)2 * tu.npairs, p.B - 2 * tu.pair0);
+  const float s = p.skip ? __ldg(p.skip + tu.h) : 0.f;
+  if (p.dx || p.dpre) {
+    const int groups = (L + 7) >> 3;
+    const bool vec = p.vec_in, vdy = p.vec_in && p.vec_out;
+    for (int w = threadIdx.x; w < rows * groups; w += LC_THREADS) {
+      const int r = w / groups, t = (w - r * groups) << 3;
+      const i64 b = 2 * tu.pair0 + r;
+      const i64 xrow = (b * p.H + tu.h) * p.L, orow = (b * p.H + tu.h) * p.Lout;
+      float c[8];
+      plane8(tg.sm + n * r, t, n, true, tg.out_mult, c);
+      if (p.dpre) {
+        float v[8];
+        load8<IO>(p.x, xrow, t, L, vec, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] *= c[e];
+        store8<IO>(p.dpre, xrow, t, L, vec, v);
+      }
+      if (p.dx) {
+        if (p.pregate) {
+          float gt[8];
+          load8<IO>(p.pregate, xrow, t, L, vec, gt);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) c[e] *= gt[e];
+        }
+        if (p.skip) {
+          float d[8];
+          load8<IO>(p.dy, orow, t, L, vdy, d);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) c[e] += s * d[e];
+        }
+        store8<IO>(p.dx, xrow, t, L, vec, c);
+      }
+    }
+  }
+  if (p.dpost) {
+    const int groups = (lout + 7) >> 3;
+    const bool vec = p.vec_out, aligned = (off & 7) == 0;
+    for (int w = threadIdx.x; w < rows * groups; w += LC_THREADS) {
+      const int r = w / groups, j = (w - r * groups) << 3;
+      const i64 orow = ((2 * tu.pair0 + r) * p.H + tu.h) * p.Lout;
+      float c[8], d[8];
+      plane8(tu.sm + n * r, j + off, n, aligned, tu.out_mult, c);
+      load8<IO>(p.dy, orow, j, lout, vec, d);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) c[e] *= d[e];
+      store8<IO>(p.dpost, orow, j, lout, vec, c);
+    }
+  }
+}
+
+// acc (fragment order, this lane's 8 values) to the tile's slot: stored, or added to what is there.
+__device__ __forceinline__ void flush_dk(float4* dst, const fragC& ar, const fragC& ai, bool add) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int t = q >> 1, d = 2 * (q & 1);
+    float4 v = float4{ar.d[t][d], ai.d[t][d], ar.d[t][d + 1], ai.d[t][d + 1]};
+    if (add) {
+      const float4 o = dst[q];
+      v = float4{v.x + o.x, v.y + o.y, v.z + o.z, v.w + o.w};
+    }
+    dst[q] = v;
+  }
+}
+
+// The segments of a group: forward 256-point DFTs of u and g, conj(U) G into (accr, acci) times
+// acc_mult, and the products U K (when dpost is wanted) and G conj(K) (when dx or dpre is) back.
+template <bool NEED_U, bool NEED_G>
+__device__ __forceinline__ void inner_bwd_seg(const BwdParams& p, const block_tables& bt,
+                                              const seg_consts& sc, u16* su, u16* sg, int np,
+                                              int seg, int slot, int stride, float acc_mult,
+                                              const float4* kseg, fragC& accr, fragC& acci,
+                                              int lane) {
+  const int n = p.n, base = 256 * seg;
+  auto row_pos = [base](int r) { return base + 16 * r; };
+  for (int i = slot; i < np; i += stride) {
+    u16* ur = su + 2 * n * i;
+    u16* gr = sg + 2 * n * i;
+    fragC ar, ai, gr_, gi_;
+    seg_stage_a<LC_MT>(ur, ur + n, row_pos, sc, lane, ar, ai);
+    seg_stage_b<LC_MT>(bt, lane, ar, ai);
+    seg_stage_a<LC_MT>(gr, gr + n, row_pos, sc, lane, gr_, gi_);
+    seg_stage_b<LC_MT>(bt, lane, gr_, gi_);
+#pragma unroll
+    for (int t = 0; t < 2; ++t)
+#pragma unroll
+      for (int d = 0; d < 4; ++d) {
+        // conj(U) G = (ur - i ui)(gr + i gi)
+        const float re = ar.d[t][d] * gr_.d[t][d] + ai.d[t][d] * gi_.d[t][d];
+        const float im = ar.d[t][d] * gi_.d[t][d] - ai.d[t][d] * gr_.d[t][d];
+        accr.d[t][d] = fmaf(re, acc_mult, accr.d[t][d]);
+        acci.d[t][d] = fmaf(im, acc_mult, acci.d[t][d]);
+      }
+    if (NEED_U || NEED_G) {
+      seg_spectrum ks;
+      ks.load(kseg, lane);
+      if (NEED_U) {
+        seg_product<false>(ar, ai, ks);
+        seg_inverse_store<LC_MT>(ur, ur + n, row_pos, sc, bt, lane, ar, ai);
+      }
+      if (NEED_G) {
+        seg_product<true>(gr_, gi_, ks);
+        seg_inverse_store<LC_MT>(gr, gr + n, row_pos, sc, bt, lane, gr_, gi_);
+      }
+    }
+  }
+}
+
+template <bool NEED_U, bool NEED_G>
+__device__ __forceinline__ void inner_bwd(const BwdParams& p, const block_tables& bt, u16* su,
+                                          u16* sg, int np, const float4* kh, float acc_mult,
+                                          float4* dk_tile, bool first) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n = p.n, nseg = n >> 8, s8 = min(nseg, 8), slot = warp / s8, stride = p.slots;
+  const wsource w(p.wtab, p.wtn, n);
+  const int r1 = nseg >> 4;
+  seg_consts sc;
+  for (int seg = warp % s8; seg < nseg; seg += 8) {
+    sc.init(bt, w, nseg <= 16 ? seg : r1 * (seg & 15) + (seg >> 4), lane);
+    fragC accr, acci;
+    zero(accr);
+    zero(acci);
+    inner_bwd_seg<NEED_U, NEED_G>(p, bt, sc, su, sg, np, seg, slot, stride, acc_mult,
+                                  kh + seg * 32 * 4, accr, acci, lane);
+    if (dk_tile && (first || slot < np))
+      flush_dk(dk_tile + ((i64)slot * n + 256 * seg + 8 * lane) / 2, accr, acci, !first);
+  }
+}
+
+template <int IO, bool NEED_U, bool NEED_G>
+__device__ __forceinline__ void fused_bwd(const BwdParams& p) {
+  extern __shared__ __align__(16) u16 smem[];
+  __shared__ float red[2][LC_WARPS];
+  __shared__ __align__(16) block_tables bt;
+  const int n = p.n, nseg = n >> 8;
+  const int lr_all = 31 - __clz(nseg);
+  const bool two = nseg > 16;
+  const int lr1 = two ? lr_all - 4 : lr_all;
+  const i64 npairs = (p.B + 1) / 2;
+  bt.init(1 << (lr1 > 0 && lr1 < 4 ? lr1 : 1));
+  __syncthreads();
+  const float os = spectrum_scale(p);
+
+  for (i64 tile = blockIdx.x; tile < p.n_tiles; tile += gridDim.x) {
+    const i64 h = tile / p.splits, split = tile - h * p.splits;
+    const i64 start = split * p.tile_pairs, end = min(npairs, start + p.tile_pairs);
+    float4* dk_tile = p.dkspec ? p.dkspec + tile * p.slots * (i64)(n / 2) : nullptr;
+    const float4* kh = p.kspec + h * p.k_hstride;
+    for (i64 g0 = start; g0 < end || (g0 == start && start >= end); g0 += p.pairs) {
+      const int np = (int)max((i64)0, min((i64)p.pairs, end - g0));
+      tile_ctx tu;
+      tu.h = h;
+      tu.pair0 = g0;
+      tu.npairs = np;
+      tu.sm = smem;
+      tu.bt = &bt;
+      tu.in_scale = 1.f;
+      tu.out_mult = os;
+      tile_ctx tg = tu;
+      tg.sm = smem + 2 * n * np;
+      if (np > 0) {
+        if (p.prescale)
+          tu.in_scale = tile_scale(
+              tile_max_abs_of<IO>(p.x, p.pregate, p.B, p.H, p.L, p.vec_in, n, tu, red[0]));
+        tg.in_scale = tile_scale(
+            tile_max_abs_of<IO>(p.dy, p.postgate, p.B, p.H, p.Lout, p.vec_out, n, tg, red[1]));
+        tu.out_mult = os / tu.in_scale;
+        tg.out_mult = os / tg.in_scale;
+
+        copy_in<IO>(p, tu);
+        copy_in_g<IO>(p, tg, tg.in_scale);
+        __syncthreads();
+        tile_ctx both = tu;
+        both.npairs = 2 * np;
+        if (two) {
+          outer_all<false, false>(p, both, lr1, 12);
+          __syncthreads();
+          outer_all<false, true>(p, both, 4, 8);
+          __syncthreads();
+        } else if (nseg > 1) {
+          outer_all<false, false>(p, both, lr1, 8);
+          __syncthreads();
+        }
+      }
+      // conj(U) G / N in true units: the unitary spectra carry the scales of u and g.
+      const float acc_mult = 1.f / (tu.in_scale * tg.in_scale);
+      const bool first = g0 == start;
+      inner_bwd<NEED_U, NEED_G>(p, bt, tu.sm, tg.sm, np, kh, acc_mult, dk_tile, first);
+      __syncthreads();
+      if (np > 0 && (NEED_U || NEED_G)) {
+        // Inverse outer stages of the planes still needed (u: dpost; g: dx, dpre).
+        tile_ctx inv = NEED_U ? tu : tg;
+        inv.npairs = NEED_U && NEED_G ? 2 * np : np;
+        if (two) {
+          outer_all<true, true>(p, inv, 4, 8);
+          __syncthreads();
+          outer_all<true, false>(p, inv, lr1, 12);
+          __syncthreads();
+        } else if (nseg > 1) {
+          outer_all<true, false>(p, inv, lr1, 8);
+          __syncthreads();
+        }
+        store_bwd<IO>(p, tu, tg);
+        __syncthreads();
+      }
+    }
+  }
+}
+
+// One entry point per I/O dtype and set of wanted outputs (u: dpost; g: dx and/or dpre; k: dk
+// only): one kernel serving every set held both spectra and spilled; apart, each fits.
+#define LC_BWD_ENTRY(NAME, IO, NU, NG) \
+  extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) NAME(const BwdParams p) { \
+    fused_bwd<IO, NU, NG>(p);                                                            \
+  }
+LC_BWD_ENTRY(lc_fused_bwd_f16_k, LC_F16, false, false)
+LC_BWD_ENTRY(lc_fused_bwd_f16_g, LC_F16, false, true)
+LC_BWD_ENTRY(lc_fused_bwd_f16_u, LC_F16, true, false)
+LC_BWD_ENTRY(lc_fused_bwd_f16_ug, LC_F16, true, true)
+LC_BWD_ENTRY(lc_fused_bwd_bf16_k, LC_BF16, false, false)
+LC_BWD_ENTRY(lc_fused_bwd_bf16_g, LC_BF16, false, true)
+LC_BWD_ENTRY(lc_fused_bwd_bf16_u, LC_BF16, true, false)
+LC_BWD_ENTRY(lc_fused_bwd_bf16_ug, LC_BF16, true, true)
+LC_BWD_ENTRY(lc_fused_bwd_f32_k, LC_F32, false, false)
+LC_BWD_ENTRY(lc_fused_bwd_f32_g, LC_F32, false, true)
+LC_BWD_ENTRY(lc_fused_bwd_f32_u, LC_F32, true, false)
+LC_BWD_ENTRY(lc_fused_bwd_f32_ug, LC_F32, true, true)
+#undef LC_BWD_ENTRY
