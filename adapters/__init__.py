@@ -26,7 +26,6 @@ else changes. No adapter imports its framework at module top level.
 from __future__ import annotations
 
 import importlib
-import sys
 
 #: top-level module of an array type -> adapter module (imported on first use)
 _REGISTRY = {
@@ -39,19 +38,33 @@ _REGISTRY = {
 }
 
 _loaded = {}
+# type -> adapter module or None: every adapter's ``is_array`` is an ``isinstance`` test, so the
+# answer depends on the type alone (looked up once per type; calls look up several operands)
+_by_type = {}
 
 
 def adapter_for(obj):
     """The adapter module handling ``obj``'s type, or ``None`` if no adapter claims it."""
-    root = type(obj).__module__.split(".", 1)[0]
+    t = type(obj)
+    try:
+        return _by_type[t]
+    except KeyError:
+        pass
+    root = t.__module__.split(".", 1)[0]
     name = _REGISTRY.get(root)
     if name is None:
-        return None
-    mod = _loaded.get(name) or sys.modules.get(f"{__name__}.{name}")
-    if mod is None:
-        mod = importlib.import_module(f"{__name__}.{name}")
-    _loaded[name] = mod
-    return mod if mod.is_array(obj) else None
+        mod = None
+    else:
+        mod = _loaded.get(name)
+        if mod is None:
+            # import_module waits for another thread's import to finish; sys.modules may hold
+            # a module that is still executing
+            mod = importlib.import_module(f"{__name__}.{name}")
+        _loaded[name] = mod
+        mod = mod if mod.is_array(obj) else None
+    if len(_by_type) < 4096:
+        _by_type[t] = mod
+    return mod
 
 
 def get(kind):

@@ -17,8 +17,9 @@ def device(obj):
 
 
 def to_backend(obj):
-    arr = np.asarray(obj)
-    if arr.dtype.name == "bfloat16":
+    arr = obj if type(obj) is np.ndarray else np.asarray(obj)
+    # the built-in dtypes first: ``dtype.name`` is slow (computed in Python on each access)
+    if arr.dtype.kind == "V" and arr.dtype.name == "bfloat16":
         return arr.view(np.uint16), "bfloat16"
     return arr, arr.dtype
 

@@ -73,8 +73,8 @@ def methods(mode: str, cores: int):
 
     def ours(x, k):
         if mode == "causal":
-            return longconv.convolve(x, k)
-        return longconv.fftconvolve_long(x, k[None], mode="full", axes=-1)
+            return longconv.convolve(x, k, device="cpu")
+        return longconv.fftconvolve_long(x, k[None], mode="full", axes=-1, device="cpu")
 
     def ours_one_thread(x, k):
         if mode == "causal":
@@ -84,7 +84,8 @@ def methods(mode: str, cores: int):
             plan = _cpu.make_conv_plan(k2, x.shape[-1], mode="causal", io_dtype=x.dtype.name,
                                        workers=1)
             return plan(x3).reshape(x.shape)
-        return longconv.fftconvolve_long(x, k[None], mode="full", axes=-1, workers=1)
+        return longconv.fftconvolve_long(x, k[None], mode="full", axes=-1, workers=1,
+                                         device="cpu")
 
     return [("scipy", scipy_default), (f"scipy x{cores}", scipy_threads),
             ("longconv", ours), ("longconv x1", ours_one_thread)]

@@ -3,11 +3,11 @@
 Functions and classes
 ---------------------
 fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel_len=None,
-                 freq_keep=None, workers=None)
+                 freq_keep=None, workers=None, device=None)
     Drop-in for ``scipy.signal.fftconvolve`` (same values, shapes, dtypes and errors), plus
     ``mode="circular"`` and the keyword-only extras.
 convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, precision=None,
-         kernel_len=None, freq_keep=None)
+         kernel_len=None, freq_keep=None, device=None)
     Sequence-model form: ``x`` (..., H, L), ``k`` (H, Lk); causal or centred; gates and skip:
     ``y = postgate * conv(pregate * x, k) + skip[h] * x``.
 LongConv(k, length, *, causal=True, dtype=None, precision=None, kernel_len=None,
@@ -25,11 +25,12 @@ testing
 
 Arrays
 ------
-NumPy arrays (and anything ``numpy.asarray`` accepts) run on the CPU backend (``scipy.fft``);
-CuPy arrays run on the GPU (fused tensor-core kernels where available, else cuFFT). Results come
-back as the caller's kind of array. bfloat16 travels as ``uint16`` bit patterns. Dask arrays
-give lazy dask arrays (chunks convolved by the paths above, overlap-save along a chunked time
-axis).
+NumPy arrays (and anything ``numpy.asarray`` accepts) run on the CPU backend (``scipy.fft``), or
+on a GPU when one is usable and the problem is large enough to pay for the copies (``device=``
+decides instead); CuPy arrays run on the GPU (fused tensor-core kernels where available, else
+cuFFT). Results come back as the caller's kind of array. bfloat16 travels as ``uint16`` bit
+patterns. Dask arrays give lazy dask arrays (chunks convolved by the paths above, overlap-save
+along a chunked time axis).
 """
 
 from ._plan import LongConv

@@ -49,18 +49,39 @@ def to_backend(obj, adapter):
     return adapter.to_backend(obj)
 
 
+# dtype -> name: ``numpy.dtype.name`` is computed in Python on every access (NumPy 2), a few
+# microseconds that every call paid several times over
+_DTYPE_NAMES = {}
+
+
 def dtype_name(dtype):
     """Name of a logical dtype (``"bfloat16"`` or a NumPy dtype's name)."""
     if isinstance(dtype, str) and dtype == "bfloat16":
         return "bfloat16"
-    return np.dtype(dtype).name
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):
+        pass
+    name = np.dtype(dtype).name
+    if isinstance(dtype, np.dtype) and len(_DTYPE_NAMES) < 256:
+        _DTYPE_NAMES[dtype] = name
+    return name
+
+
+_GPU_MEMORY = {}
 
 
 def gpu_memory():
-    """Total memory of the current CUDA device in bytes."""
+    """Total memory of the current CUDA device in bytes (constant: cached per device, so that
+    calls make no ``cudaMemGetInfo``, which costs microseconds and is not something to issue
+    while a CUDA graph is being captured)."""
     import cupy
 
-    return cupy.cuda.Device().mem_info[1]
+    dev = cupy.cuda.runtime.getDevice()
+    total = _GPU_MEMORY.get(dev)
+    if total is None:
+        total = _GPU_MEMORY[dev] = cupy.cuda.Device(dev).mem_info[1]
+    return total
 
 
 def xp_of(array):

@@ -126,7 +126,7 @@ def _cpu_methods():
     L_of = lambda x: x.shape[-1]  # noqa: E731
 
     methods = [
-        ("longconv", lambda x, k: lambda: longconv.convolve(x, k)),
+        ("longconv", lambda x, k: lambda: longconv.convolve(x, k, device="cpu")),
         ("scipy fftconvolve",
          lambda x, k: lambda: scipy.signal.fftconvolve(x, k, axes=-1)[..., :L_of(x)]),
         ("scipy oaconvolve",

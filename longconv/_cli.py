@@ -432,17 +432,19 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         xp = np
         backend = f"cpu: {cpu_model()} ({os.cpu_count()} logical cores)"
     x_in, k_in = xp.asarray(x), xp.asarray(k)
+    device = "gpu" if use_gpu else "cpu"  # the backend printed above, not the NumPy policy
 
     if args.mode == "causal":
         what = "causal convolution (longconv.convolve)"
 
         def call():
-            return longconv.convolve(x_in, k_in)
+            return longconv.convolve(x_in, k_in, device=device)
     else:
         what = f"mode={args.mode!r} convolution (longconv.fftconvolve_long)"
 
         def call():
-            return longconv.fftconvolve_long(x_in, k_in[None, :], mode=args.mode, axes=-1)
+            return longconv.fftconvolve_long(x_in, k_in[None, :], mode=args.mode, axes=-1,
+                                             device=device)
 
     times = []
     try:

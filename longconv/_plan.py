@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import math
+
 import numpy as np
 
 from . import _arrays, _sizes, _validate
+from ._cpu import OA_BLOCK_FACTOR, compute_dtypes, default_workers
 
 _REAL_TO_COMPLEX = {
     "float16": "complex64",
@@ -14,13 +20,145 @@ _REAL_TO_COMPLEX = {
 }
 
 
-def _host_problem_wants_gpu(k, L, io_dtype):
-    """Policy hook: should a problem given as host (NumPy) arrays run on a GPU?
+# ---------------------------------------------------------------------------------------------
+# NumPy data on a GPU: only when the problem pays for the copies
+#
+# A problem given as NumPy arrays with no device requested runs on a GPU when the CPU backend's
+# estimated time exceeds the GPU's, copies included, by GPU_WIN_MARGIN; else on the CPU. The
+# constants are estimates (to be confirmed by timing both sides on a GPU machine), chosen so
+# that a wrong guess costs little: the GPU is taken only where it should win clearly.
+#
+# CPU: cost ~ rows * n * log2(n) ("units": two FFTs of size n per row, the filter spectrum
+# once), n the FFT size (overlap-add blocks of OA_BLOCK_FACTOR * Lk when the filter is short).
+# docs/benchmarks.md, x (16, 64, 65536) * k (64, 65536) float32 causal: 1024 rows at n = 2**17,
+# 2.28e9 units, 1.278 s on one thread (5.6e-10 s/unit), 0.650 s on 2 cores and 0.204 s on 16
+# (speed-ups 2.0 and 6.3: about cores ** 0.66, memory bandwidth limits); float64 took 1.5x
+# float32. The overlap-add case (8, 2**22) * (4097,) ran 2.5x slower per unit than this model
+# says, so the model errs towards the CPU.
+CPU_SECONDS_PER_UNIT = 5.6e-10
+CPU_CORE_EXPONENT = 0.66
+CPU_DOUBLE_FACTOR = 1.5
+# GPU: the data crosses PCIe twice (x, gates and the filter in, y out). PCIe 4.0 x16 moves about
+# 25 GB/s each way from pinned memory; NumPy arrays are pageable and CUDA stages them through a
+# pinned buffer, about half that. Each call also pays a fixed cost (plan and filter spectrum,
+# a dozen launches, allocation, the synchronising copy back): about 1 ms assumed. cuFFT on an
+# H100-class GPU moves the FFT passes at ~1-3 TB/s: ~1e-12 s/unit, small beside the copies.
+# The first GPU call of a process also pays CUDA's start-up and kernel compilation (a fraction
+# of a second, once), which the model leaves out.
+HOST_LINK_BYTES_PER_SECOND = 12e9
+GPU_CALL_SECONDS = 1e-3
+GPU_SECONDS_PER_UNIT = 1e-12
+GPU_WIN_MARGIN = 2.0
+# GPU memory a call may plan for: inputs and output twice over (casts, padded rows) plus the
+# exact path's chunk temporaries (longconv._gpu_exact.CHUNK_BYTES) and headroom.
+GPU_HEADROOM_BYTES = 1 << 30
 
-    Today always ``False``: host data stays on the CPU unless ``device="gpu"`` asks otherwise.
-    The policy "a GPU for NumPy problems large enough to win over the transfers" plugs in here.
+_HOST_DATA_ON_CPU = contextvars.ContextVar("longconv_host_data_on_cpu", default=False)
+
+
+@contextlib.contextmanager
+def host_data_on_cpu():
+    """Inside the block, NumPy data with no device requested stays on the CPU (adapters use it:
+    a framework's CPU tensors run on the CPU backend)."""
+    token = _HOST_DATA_ON_CPU.set(True)
+    try:
+        yield
+    finally:
+        _HOST_DATA_ON_CPU.reset(token)
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_available():
+    """CuPy importable and a usable CUDA device (asked once per process)."""
+    try:
+        import cupy
+    except Exception:
+        return False
+    try:
+        return bool(cupy.is_available())
+    except Exception:
+        return False
+
+
+def _gpu_free_bytes():
+    """Memory a call could use on the current GPU: the driver's free memory plus what CuPy's
+    pool holds unused."""
+    import cupy
+
+    free = cupy.cuda.runtime.memGetInfo()[0]
+    return free + cupy.get_default_memory_pool().free_bytes()
+
+
+def cpu_seconds_estimate(rows, L, Lk, mode, *, double=False, is_complex=False, workers=None):
+    """Estimated time of the CPU backend on ``rows`` sequences (see the constants above)."""
+    if rows == 0:
+        return 0.0
+    if mode == "causal":
+        Lk = min(Lk, L)
+    full = L + Lk - 1
+    n = L if mode == "circular" else full
+    units = n * math.log2(max(n, 2))
+    nb = OA_BLOCK_FACTOR * Lk
+    if mode != "circular" and nb < n:
+        blocks = -(-full // (nb - Lk + 1))
+        units = min(units, blocks * nb * math.log2(nb))
+    units *= rows
+    cores = max(1, _usable_cores() if workers is None else workers)
+    seconds = units * CPU_SECONDS_PER_UNIT / cores ** CPU_CORE_EXPONENT
+    seconds *= (CPU_DOUBLE_FACTOR if double else 1.0) * (2.0 if is_complex else 1.0)
+    return seconds
+
+
+@functools.lru_cache(maxsize=1)
+def _usable_cores():
+    """The CPU backend's default thread count (asked once: the estimate needs no precision)."""
+    return default_workers()
+
+
+def gpu_seconds_estimate(rows, L, Lk, mode, *, bytes_moved):
+    """Estimated time of a GPU backend on the same problem, host copies included."""
+    full = L + (min(Lk, L) if mode == "causal" else Lk) - 1
+    n = L if mode == "circular" else full
+    units = rows * n * math.log2(max(n, 2))
+    return GPU_CALL_SECONDS + bytes_moved / HOST_LINK_BYTES_PER_SECOND \
+        + units * GPU_SECONDS_PER_UNIT
+
+
+def _surely_cpu(rows, L, Lk):
+    """Even on one core in complex double precision the CPU needs less than the GPU's fixed
+    cost (``bit_length >= log2``): the CPU, whatever the rest of the estimate says."""
+    n = L + Lk
+    return rows * n * n.bit_length() * CPU_SECONDS_PER_UNIT * CPU_DOUBLE_FACTOR * 2.0 \
+        < GPU_WIN_MARGIN * GPU_CALL_SECONDS
+
+
+def host_problem_device(rows, L, Lk, mode, *, bytes_in, bytes_out, io_dtype, precision=None,
+                        workers=None):
+    """``"gpu"`` or ``"cpu"`` for a problem given as NumPy arrays with no device requested.
+
+    ``rows`` sequences of length ``L`` against filters of length ``Lk``, I/O dtype ``io_dtype``
+    (a name); ``bytes_in`` and ``bytes_out`` are what would cross to the GPU and back. The GPU
+    is taken when the CPU's estimated time is at least ``GPU_WIN_MARGIN`` times the GPU's
+    (copies included), a GPU is usable and the problem fits in its free memory. Small problems
+    are decided without looking for a GPU (no CUDA start-up for them) and in well under a
+    microsecond.
     """
-    return False
+    if _surely_cpu(rows, L, Lk) or _HOST_DATA_ON_CPU.get():
+        return "cpu"
+    is_complex = io_dtype != "bfloat16" and np.dtype(io_dtype).kind == "c"
+    double = compute_dtypes(precision, io_dtype, is_complex)[0] == np.float64
+    cpu = cpu_seconds_estimate(rows, L, Lk, mode, double=double, is_complex=is_complex,
+                               workers=workers)
+    if cpu < GPU_WIN_MARGIN * GPU_CALL_SECONDS:
+        return "cpu"
+    moved = bytes_in + bytes_out
+    if cpu < GPU_WIN_MARGIN * gpu_seconds_estimate(rows, L, Lk, mode, bytes_moved=moved):
+        return "cpu"
+    if not _gpu_available():
+        return "cpu"
+    if 2 * moved + GPU_HEADROOM_BYTES > _gpu_free_bytes():
+        return "cpu"
+    return "gpu"
 
 
 def _select_backend(k, L, *, data_device, device, mode, n=None, freq_keep=None,
@@ -36,7 +174,8 @@ def _select_backend(k, L, *, data_device, device, mode, n=None, freq_keep=None,
     data_device : {"cpu", "gpu"}
         Where the caller's data lives.
     device : {None, "cpu", "gpu"}
-        The caller's override.
+        Where to compute; ``None``: where the data lives. (Callers apply the policy for NumPy
+        data, :func:`host_problem_device`, before choosing.)
     mode, freq_keep, kernel_len, precision, io_dtype, workers
         As in the backend protocol. ``n`` is the FFT size; when ``freq_keep`` is given it is
         fixed by the shared size table (:func:`longconv._sizes.plan_fft_size`) so that every
@@ -48,8 +187,6 @@ def _select_backend(k, L, *, data_device, device, mode, n=None, freq_keep=None,
     """
     if device is None:
         device = data_device
-        if device == "cpu" and _host_problem_wants_gpu(k, L, io_dtype):
-            device = "gpu"
     if n is None and freq_keep is not None:
         Lk = k.shape[-1] if kernel_len is None else min(k.shape[-1], kernel_len)
         n = _sizes.plan_fft_size(mode, L, Lk)
@@ -83,9 +220,10 @@ def _operand(a, ad, name, bf16_bits):
     return arr, "bfloat16" if bf16_bits and dt == "uint16" else dt
 
 
+@functools.lru_cache(maxsize=512)
 def io_dtype_for(x_dtype, *others):
     """Output dtype of ``convolve`` / ``LongConv``: ``x``'s, integers and bool -> float64, and
-    complex when any other operand (filter, gate, skip) is complex."""
+    complex when any other operand (filter, gate, skip) is complex (names; cached)."""
     if x_dtype == "bfloat16":
         base = "bfloat16"
     else:
@@ -122,7 +260,9 @@ class LongConv:
         Keep the filter's rfft bins ``j < ceil(freq_keep * (n//2 + 1))`` at the plan's FFT
         size ``n`` (:attr:`fft_size`), zero the rest.
     device : {None, "cpu", "gpu"}, optional
-        Where to compute. ``None``: where each call's data lives.
+        Where to compute. ``None``: where each call's data lives, except that NumPy data goes
+        to a GPU when one is usable and the call is large enough to pay for the copies
+        (:func:`longconv.convolve`).
 
     Attributes
     ----------
@@ -149,12 +289,15 @@ class LongConv:
         self._primary = self._plan(self.device or _arrays.device_of(self._k), io)
 
     @classmethod
-    def _unbuilt(cls, k, length, *, causal, precision, kernel_len, freq_keep):
+    def _unbuilt(cls, k, length, *, causal, precision, kernel_len, freq_keep, device=None):
         """A plan whose backend plan is built by its first call (one-shot ``convolve``)."""
         self = cls.__new__(cls)
-        self._setup(k, length, causal, None, precision, kernel_len, freq_keep, None)
+        self._setup(k, length, causal, None, precision, kernel_len, freq_keep, device)
         self._primary = None
+        self._one_shot = True
         return self
+
+    _one_shot = False
 
     def _setup(self, k, length, causal, dtype, precision, kernel_len, freq_keep, device):
         self.causal = _validate.check_causal(causal)
@@ -224,6 +367,22 @@ class LongConv:
             f"fft_size={self.fft_size})"
         )
 
+    def _host_device(self, xa, extra, rows, io):
+        """Where a call on NumPy data runs when no device was requested
+        (:func:`host_problem_device`)."""
+        Lk = self._k.shape[-1]
+        if self.kernel_len is not None:
+            Lk = min(Lk, self.kernel_len)
+        if _surely_cpu(rows, self.length, Lk):
+            return "cpu"
+        bytes_in = xa.nbytes + sum(a.nbytes for a in extra.values())
+        if self._one_shot:
+            bytes_in += self._k.nbytes
+        out_item = 2 if io == "bfloat16" else np.dtype(io).itemsize
+        return host_problem_device(rows, self.length, Lk, self.mode, bytes_in=bytes_in,
+                                   bytes_out=rows * self.length * out_item, io_dtype=io,
+                                   precision=self.precision)
+
     def __call__(self, x, pregate=None, postgate=None, skip=None):
         """Convolve ``x``.
 
@@ -255,26 +414,33 @@ class LongConv:
             a, adt = _operand(v, ad, name, xdt == "bfloat16")
             if name == "skip":
                 _validate.check_skip(a.shape, xa.shape[-2] if xa.ndim >= 2 else 1)
+                skip_bf16 = adt == "bfloat16"
             else:
                 _validate.check_gate(a.shape, xa.shape, name)
             extra[name] = a
             dts.append(adt)
         io = io_dtype_for(xdt, *dts)
         data_device = _arrays.device_of(xa)
-        device = self.device or data_device
-        xp = _arrays.xp_for(device)
         shape = xa.shape
-        B = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        B = math.prod(shape[:-2])
         H = shape[-2] if len(shape) >= 2 else 1
         out_dt = np.float32 if io == "bfloat16" else np.dtype(io)
+        device = self.device or data_device
+        if self.device is None and data_device == "cpu" and ad.KIND == "numpy":
+            device = self._host_device(xa, extra, B * H, io)
+        xp = _arrays.xp_for(device)
         if xa.size == 0:
             y = xp.empty(shape, dtype=np.uint16 if io == "bfloat16" else out_dt)
             return ad.from_backend(_arrays.to_device(y, data_device), io, x)
-        capacity = _validate.host_memory() if device == "cpu" else _arrays.gpu_memory()
-        where = "host" if device == "cpu" else "GPU"
-        _validate.check_fits_in_memory(shape, np.dtype(out_dt).itemsize, "the output",
-                                       capacity, where)
-        _validate.check_fits_in_memory(shape, xa.dtype.itemsize, "x", capacity, where)
+        for on in dict.fromkeys((device, data_device)):
+            capacity = _validate.host_memory() if on == "cpu" else _arrays.gpu_memory()
+            where = "host" if on == "cpu" else "GPU"
+            _validate.check_fits_in_memory(shape, np.dtype(out_dt).itemsize, "the output",
+                                           capacity, where)
+            _validate.check_fits_in_memory(shape, xa.dtype.itemsize, "x", capacity, where)
+        plan = self._plan(device, io)
+        if self._primary is None:
+            self._primary = plan
         x3 = xp.ascontiguousarray(_arrays.to_device(xa, device).reshape(B, H, self.length))
         gates = {}
         for name in ("pregate", "postgate"):
@@ -284,12 +450,10 @@ class LongConv:
                 gates[name] = xp.ascontiguousarray(g)
         skip = extra.get("skip")
         if skip is not None:
-            skip = xp.ascontiguousarray(
-                xp.broadcast_to(_arrays.to_device(skip, device).reshape(-1), (H,))
-            )
-        plan = self._plan(device, io)
-        if self._primary is None:
-            self._primary = plan
+            skip = _arrays.to_device(skip, device).reshape(-1)
+            if skip_bf16:  # bit patterns: the backends take skip as numbers
+                skip = _arrays.bf16_to_float32(skip, xp)
+            skip = xp.ascontiguousarray(xp.broadcast_to(skip, (H,)))
         y = plan(x3, gates.get("pregate"), gates.get("postgate"), skip)
         y = y.reshape(shape)
         return ad.from_backend(_arrays.to_device(y, data_device), io, x)

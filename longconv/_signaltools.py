@@ -14,7 +14,7 @@ import numpy as np
 import scipy.fft as sp_fft
 
 from . import _arrays, _dask, _validate
-from ._plan import LongConv, _select_backend
+from ._plan import LongConv, _select_backend, host_problem_device
 
 # dtypes the one-axis fast path serves; anything else NumPy can hold (long double, object,
 # datetime, strings, ...) goes to scipy.signal.fftconvolve itself, so it behaves exactly as SciPy.
@@ -78,7 +78,7 @@ def _precision_dtype(dtype, precision):
 
 
 def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel_len=None,
-                     freq_keep=None, workers=None):
+                     freq_keep=None, workers=None, device=None):
     """Convolve two N-dimensional arrays using FFTs; a drop-in for ``scipy.signal.fftconvolve``.
 
     For every input ``scipy.signal.fftconvolve`` accepts this returns the same values, shape and
@@ -122,6 +122,12 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     workers : int, optional
         CPU threads for ``scipy.fft`` (negative counts back from the number of CPUs). Default:
         every CPU available to the process.
+    device : {None, "cpu", "gpu"}, optional
+        Where a convolution along one axis runs; the result comes back where the inputs live.
+        ``None``: where the inputs live, except that NumPy inputs go to a GPU when one is
+        usable and the problem is large enough to pay for the copies (see
+        :func:`convolve`). Convolutions over several axes and dtypes beyond the fast path's
+        run where the inputs live (another device there is ``NotImplementedError``).
 
     Returns
     -------
@@ -146,7 +152,9 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     >>> fftconvolve_long(x, np.ones((1, 5)) / 5, mode="same", axes=-1).shape
     (8, 10000)
     """
+    device = _validate.check_device(device)
     if _dask.is_dask(in1) or _dask.is_dask(in2):
+        _check_no_device(device, "dask arrays")
         return _dask.fftconvolve_long(in1, in2, mode, axes, precision=precision,
                                       kernel_len=kernel_len, freq_keep=freq_keep,
                                       workers=workers)
@@ -172,6 +180,8 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
         return xp.asarray([])
     extras = kernel_len is not None or freq_keep is not None
     if not (_fast_dtype(a1.dtype) and _fast_dtype(a2.dtype)):
+        _check_one_axis_device(device, a1, "dtypes beyond bool, integer, float16/32/64 and "
+                                           "complex64/128")
         if extras or precision is not None or mode == "circular" or xp is not np:
             raise NotImplementedError(
                 "precision, kernel_len, freq_keep and mode='circular' support bool, integer, "
@@ -183,7 +193,8 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
             return scipy.signal.fftconvolve(a1, a2, mode=mode, axes=axes)
 
     if extras:
-        return _extras_path(a1, a2, mode, axes, ad, precision, kernel_len, freq_keep, workers)
+        return _extras_path(a1, a2, mode, axes, ad, precision, kernel_len, freq_keep, workers,
+                            device)
     if isinstance(mode, str) and mode == "circular":
         axes_list = _validate.circular_axes(a1.shape, a2.shape, axes)
         if not axes_list:
@@ -193,7 +204,7 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
                                _arrays.device_of(a1))
             return (a1 * a2).astype(io, copy=False)
         _validate.check_one_axis(len(axes_list), "mode='circular'")
-        return _one_axis(a1, a2, axes_list[0], mode, ad, precision, None, workers)
+        return _one_axis(a1, a2, axes_list[0], mode, ad, precision, None, workers, device)
     axes_list, swap = _validate.freq_conv_axes(a1.shape, a2.shape, mode, axes)
     _validate.check_mode(mode)
     if swap:
@@ -203,11 +214,29 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
                            np.result_type(a1.dtype, a2.dtype), _arrays.device_of(a1))
         return _product_mode(a1 * a2, a1.shape, mode, xp)
     if len(axes_list) == 1:
-        return _one_axis(a1, a2, axes_list[0], mode, ad, precision, None, workers)
+        return _one_axis(a1, a2, axes_list[0], mode, ad, precision, None, workers, device)
+    _check_one_axis_device(device, a1, "a convolution over several axes")
     return _n_dim(a1, a2, axes_list, mode, precision, workers)
 
 
-def _extras_path(a1, a2, mode, axes, ad, precision, kernel_len, freq_keep, workers):
+def _check_no_device(device, what):
+    if device is not None:
+        raise NotImplementedError(
+            f"device={device!r} is supported for NumPy and CuPy arrays; {what} compute where "
+            f"they live (move them first)"
+        )
+
+
+def _check_one_axis_device(device, a1, what):
+    if device is not None and device != _arrays.device_of(a1):
+        raise NotImplementedError(
+            f"device={device!r} is supported for a convolution along one axis with bool, "
+            f"integer, float16/32/64 or complex64/128 inputs; {what} runs where the inputs "
+            f"live ({_arrays.device_of(a1)})"
+        )
+
+
+def _extras_path(a1, a2, mode, axes, ad, precision, kernel_len, freq_keep, workers, device):
     """``kernel_len`` / ``freq_keep``: always one FFT axis, so the definition holds even for
     length-1 axes."""
     s1, s2 = a1.shape, a2.shape
@@ -230,10 +259,10 @@ def _extras_path(a1, a2, mode, axes, ad, precision, kernel_len, freq_keep, worke
         _validate.check_mode(mode)
         if swap:
             a1, a2 = a2, a1
-    return _one_axis(a1, a2, axis, mode, ad, precision, freq_keep, workers)
+    return _one_axis(a1, a2, axis, mode, ad, precision, freq_keep, workers, device)
 
 
-def _one_axis(a1, a2, axis, mode, ad, precision, freq_keep, workers):
+def _one_axis(a1, a2, axis, mode, ad, precision, freq_keep, workers, device=None):
     """Convolution along ``axis``: reshape to the backend protocol's (B, H, L) and (Hk, Lk)."""
     xp = _arrays.xp_of(a1)
     io = _scipy_result_dtype(a1.dtype, a2.dtype)
@@ -254,21 +283,31 @@ def _one_axis(a1, a2, axis, mode, ad, precision, freq_keep, workers):
     i0 = next((i for i, s in enumerate(k.shape[:-1]) if s != 1), len(S))
     Hdims, Bdims = S[i0:], S[:i0]
     H, B = math.prod(Hdims), math.prod(Bdims)
-    device = _arrays.device_of(a1)
-    capacity = _capacity(device)
+    data_device = _arrays.device_of(a1)
     L_out = {"full": L + Lk - 1, "same": L, "circular": L, "valid": L - Lk + 1}[mode]
     out_dt = np.dtype(io)
-    _validate.check_fits_in_memory(S + (L_out,), out_dt.itemsize, "the output", capacity,
-                                   "host" if device == "cpu" else "GPU")
-    _validate.check_fits_in_memory(S + (L,), x.dtype.itemsize, "in1 broadcast to the output",
-                                   capacity, "host" if device == "cpu" else "GPU")
+    if device is None:
+        device = data_device
+        if data_device == "cpu" and ad.KIND == "numpy":
+            device = host_problem_device(
+                B * H, L, Lk, mode, bytes_in=B * H * L * x.dtype.itemsize + k.nbytes,
+                bytes_out=B * H * L_out * out_dt.itemsize, io_dtype=io, precision=precision,
+                workers=workers)
+    for where in dict.fromkeys((data_device, device)):
+        capacity = _capacity(where)
+        _validate.check_fits_in_memory(S + (L_out,), out_dt.itemsize, "the output", capacity,
+                                       "host" if where == "cpu" else "GPU")
+        _validate.check_fits_in_memory(S + (L,), x.dtype.itemsize,
+                                       "in1 broadcast to the output", capacity,
+                                       "host" if where == "cpu" else "GPU")
     k2 = xp.ascontiguousarray(xp.broadcast_to(k.reshape(k.shape[i0:]), Hdims + (Lk,)))
     k2 = k2.reshape(H, Lk)
     x3 = xp.ascontiguousarray(xp.broadcast_to(x, S + (L,))).reshape(B, H, L)
-    plan = _select_backend(k2, L, data_device=device, device=None, mode=mode,
+    plan = _select_backend(k2, L, data_device=data_device, device=device, mode=mode,
                            freq_keep=freq_keep, precision=precision, io_dtype=io,
                            workers=workers)
-    y = plan(x3).reshape(S + (L_out,))
+    y = plan(_arrays.to_device(x3, device)).reshape(S + (L_out,))
+    y = _arrays.to_device(y, data_device)
     return ad.from_backend(xp.ascontiguousarray(xp.moveaxis(y, -1, axis)), io, a1)
 
 
@@ -328,7 +367,7 @@ def _n_dim_gpu(a1, a2, axes, mode, io, c1, c2):
 
 
 def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, precision=None,
-             kernel_len=None, freq_keep=None):
+             kernel_len=None, freq_keep=None, device=None):
     """Long convolution of sequences with per-channel filters (the sequence-model form).
 
     Parameters
@@ -358,6 +397,12 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     freq_keep : float in (0, 1], optional
         Keep only the filter's rfft bins ``j < ceil(freq_keep * (n//2 + 1))`` at the shared
         FFT size ``n`` (``LongConv(...).fft_size``).
+    device : {None, "cpu", "gpu"}, optional
+        Where to compute; the result comes back where ``x`` lives. ``None``: CuPy arrays on
+        their GPU; NumPy arrays on a GPU when one is usable and the problem is large enough to
+        pay for the copies to it and back (an estimate of both sides' times, see
+        ``docs/api.md``), else on the CPU. Framework tensors (PyTorch, JAX) and Dask arrays
+        compute where they live (another device is ``NotImplementedError``).
 
     Returns
     -------
@@ -385,7 +430,9 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     >>> convolve(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0]))
     array([1., 3., 5.])
     """
+    device = _validate.check_device(device)
     if any(_dask.is_dask(a) for a in (x, k, pregate, postgate, skip)):
+        _check_no_device(device, "dask arrays")
         return _dask.convolve(x, k, causal, pregate=pregate, postgate=postgate, skip=skip,
                               precision=precision, kernel_len=kernel_len, freq_keep=freq_keep)
     causal = _validate.check_causal(causal)
@@ -393,11 +440,16 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
                                  "skip": skip})
     own = getattr(ad, "convolve", None)
     if own is not None:
+        if device is not None:
+            here = next(ad.device(v) for v in (x, k, pregate, postgate, skip)
+                        if v is not None and ad.is_array(v))
+            if device != here:
+                _check_no_device(device, f"{ad.KIND} arrays")
         return own(x, k, causal, pregate=pregate, postgate=postgate, skip=skip,
                    precision=precision, kernel_len=kernel_len, freq_keep=freq_keep)
     xa, xdt = _arrays.to_backend(x, ad)
     _validate.check_numeric_dtype(xdt, "x")
     _validate.check_signal(xa.shape)
     plan = LongConv._unbuilt(k, xa.shape[-1], causal=causal, precision=precision,
-                             kernel_len=kernel_len, freq_keep=freq_keep)
+                             kernel_len=kernel_len, freq_keep=freq_keep, device=device)
     return plan(x, pregate=pregate, postgate=postgate, skip=skip)

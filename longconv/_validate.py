@@ -312,9 +312,15 @@ def _human(nbytes):
     return f"{nbytes:.1f} EiB"
 
 
+_HOST_MEMORY = []
+
+
 def host_memory():
-    """Physical memory of this machine in bytes (None if unknown)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+    """Physical memory of this machine in bytes (None if unknown); read once per process."""
+    if not _HOST_MEMORY:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = None
+        _HOST_MEMORY.append(total)
+    return _HOST_MEMORY[0]

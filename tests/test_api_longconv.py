@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from longconv import LongConv, _cpu, convolve, fft_size, testing
+import longconv
+from longconv import LongConv, _arrays, _cpu, convolve, fft_size, testing
 
 
 def test_plan_matches_convolve_and_oracle(rng):
@@ -133,3 +134,15 @@ def test_bfloat16_numpy_dtype_round_trip(rng):
     assert y_bits.dtype == np.uint16
     np.testing.assert_array_equal(y.view(np.uint16), y_bits)
     testing.assert_close(y_bits, testing.reference_convolve(x, k, dtype="bfloat16"), "bfloat16")
+
+
+def test_bfloat16_skip_given_as_bits():
+    # a uint16 skip beside bfloat16 data holds bfloat16 bit patterns, like x and the gates
+    rng = np.random.default_rng(7)
+    x = testing.random_array(rng, (2, 3, 64), "bfloat16")
+    k = rng.standard_normal((3, 64)).astype(np.float32)
+    s = np.array([1.0, -2.0, 0.5])
+    skip = _arrays.float32_to_bf16(s.astype(np.float32))
+    y = longconv.LongConv(k, 64, dtype="bfloat16")(x, skip=skip)
+    ref = testing.reference_convolve(testing.to_host(x, "bfloat16"), k.astype(np.float64), skip=s)
+    testing.assert_close(y, ref, "bfloat16")
