@@ -128,23 +128,138 @@ def _stream_barrier_after():
         cupy.cuda.get_current_stream().synchronize()
 
 
+# (device index, stream handle) -> CuPy stream object for that torch stream
+_CUPY_STREAMS = {}
+
+
+def _cupy_stream(stream, index):
+    """CuPy's object for the torch CUDA stream ``stream`` of device ``index`` (cached; call with
+    that device current).
+
+    CuPy >= 14 wraps foreign streams through the CUDA stream protocol
+    (``cupy.cuda.Stream.from_external``, which reads the device from the current one and keeps a
+    reference to the torch stream, never destroying it); older CuPy through
+    ``cupy.cuda.ExternalStream`` (deprecated in CuPy 14).
+    """
+    import cupy
+
+    key = (index, stream.cuda_stream)
+    cs = _CUPY_STREAMS.get(key)
+    if cs is None:
+        from_external = getattr(cupy.cuda.Stream, "from_external", None)
+        if from_external is not None and hasattr(stream, "__cuda_stream__"):
+            cs = from_external(stream)
+        else:
+            cs = cupy.cuda.ExternalStream(stream.cuda_stream, index)
+        if len(_CUPY_STREAMS) >= 1024:  # torch's pools hold 64 streams per device
+            _CUPY_STREAMS.clear()
+        _CUPY_STREAMS[key] = cs
+    return cs
+
+
+_TORCH_ALLOCATOR = []
+
+
+def _torch_allocator():
+    """A CuPy allocator drawing on torch's caching allocator, on CuPy's current stream.
+
+    Used while torch's stream is captured into a CUDA graph: the blocks then come from the
+    graph's private memory pool, which torch keeps reserved for the graph's replays. (CuPy's own
+    pool would hand the temporaries freed after the capture to later work, which replays would
+    overwrite, and would call ``cudaMalloc`` on the capturing stream.)
+    """
+    if not _TORCH_ALLOCATOR:
+        import cupy
+
+        torch = _torch()
+
+        def malloc(size, device_id):
+            return torch.cuda.caching_allocator_alloc(size, device_id,
+                                                      cupy.cuda.get_current_stream().ptr)
+
+        def free(ptr, device_id):
+            torch.cuda.caching_allocator_delete(ptr)
+
+        _TORCH_ALLOCATOR.append(cupy.cuda.memory.PythonFunctionAllocator(malloc, free).malloc)
+    return _TORCH_ALLOCATOR[0]
+
+
 @contextlib.contextmanager
 def _on_torch_stream(t):
-    """CuPy work inside the block runs on torch's current stream of ``t``'s device."""
+    """CuPy work inside the block runs on torch's current stream of ``t``'s device.
+
+    Every launch longconv makes (its kernels, CuPy's element-wise kernels and cuFFT, whose plans
+    CuPy binds to the current stream at each execution) goes to that stream, and CuPy's memory
+    pool serves allocations from that stream's arena, so reuse is ordered with the work. While
+    the stream is being captured into a CUDA graph, allocations come from torch's caching
+    allocator instead (:func:`_torch_allocator`). For CPU tensors, the block keeps NumPy data on
+    the CPU (no automatic GPU offload). Yields whether the stream is being captured.
+    """
     if t.device.type != "cuda":
-        yield
+        from longconv import _plan
+
+        with _plan.host_data_on_cpu():
+            yield False
         return
     import cupy
 
     torch = _torch()
-    with cupy.cuda.Device(t.device.index), \
-            cupy.cuda.ExternalStream(torch.cuda.current_stream(t.device).cuda_stream):
-        yield
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    with cupy.cuda.Device(index):
+        cs = _cupy_stream(torch.cuda.current_stream(index), index)
+        with cs:
+            if cs.is_capturing():
+                with cupy.cuda.using_allocator(_torch_allocator()):
+                    yield True
+            else:
+                yield False
+
+
+# Calls made outside a CUDA-graph capture, by device, shapes, dtypes and options. Capturing a
+# call never made before would compile kernels, create cuFFT plans or upload tables on the
+# capturing stream, which CUDA refuses or, worse, records instead of running (a table uploaded
+# inside the graph stays empty outside it, and the cache keeps it): such a capture is refused
+# before any CUDA work.
+_EAGER_CALLS = set()
+
+
+def _call_key(x, k, pregate, postgate, skip, causal, precision, freq_keep):
+    return (x.device, causal, precision, freq_keep) + tuple(
+        None if t is None else (tuple(t.shape), t.dtype) for t in (x, k, pregate, postgate, skip))
+
+
+def _refuse_cold_capture(key, what, x, k):
+    """Raise (before any CUDA work) when ``key`` is captured without an eager call before."""
+    if key not in _EAGER_CALLS:
+        raise RuntimeError(
+            f"{what} is being captured into a CUDA graph before any call with these shapes, "
+            f"dtypes and options (x {tuple(x.shape)} {x.dtype}, k {tuple(k.shape)} {k.dtype}) "
+            "ran outside the capture. Run the same call once before capturing (the warm-up "
+            "torch.cuda.graph asks for): it compiles the kernels and creates the cuFFT plans "
+            "and tables, which a capture cannot make"
+        )
+
+
+def _remember_eager_call(key):
+    if key not in _EAGER_CALLS:
+        if len(_EAGER_CALLS) >= 4096:
+            _EAGER_CALLS.clear()
+        _EAGER_CALLS.add(key)
+
+
+def _capture_error(exc):
+    """A CUDA error raised while torch's stream was being captured, with what to do about it."""
+    return RuntimeError(
+        "longconv.convolve failed while a CUDA graph was being captured "
+        f"({type(exc).__name__}: {exc}). Run the same call (same shapes, dtypes and device) "
+        "once before capturing, as torch.cuda.graph asks for every operation: that compiles the "
+        "kernels and creates the cuFFT plans and tables, which a capture cannot make"
+    )
 
 
 def _run_convolve(x, k, causal, pregate, postgate, skip, precision, freq_keep):
     """``longconv.convolve`` on backend arrays viewing the tensors' memory; a tensor back."""
-    import longconv
+    from longconv import _plan
 
     torch = _torch()
     bf16 = x.dtype == torch.bfloat16
@@ -156,17 +271,36 @@ def _run_convolve(x, k, causal, pregate, postgate, skip, precision, freq_keep):
             t = t.float()  # exact; a uint16 array only means bfloat16 beside a bfloat16 x
         return _as_backend(t)[0]
 
-    with _on_torch_stream(x):
-        xa, io = _as_backend(x)
-        args = dict(pregate=arr(pregate), postgate=arr(postgate), skip=arr(skip))
-        if bf16:
-            plan = longconv.LongConv(arr(k), x.shape[-1], causal=causal, dtype="bfloat16",
-                                     precision=precision, freq_keep=freq_keep)
+    key = _call_key(x, k, pregate, postgate, skip, causal, precision, freq_keep)
+    with _on_torch_stream(x) as capturing:
+        if capturing:
+            _refuse_cold_capture(key, "longconv.convolve", x, k)
+        try:
+            xa, _ = _as_backend(x)
+            args = dict(pregate=arr(pregate), postgate=arr(postgate), skip=arr(skip))
+            if bf16:
+                plan = _plan.LongConv(arr(k), x.shape[-1], causal=causal, dtype="bfloat16",
+                                      precision=precision, freq_keep=freq_keep)
+            else:
+                # what longconv.convolve builds, without repeating the checks done above
+                plan = _plan.LongConv._unbuilt(arr(k), x.shape[-1], causal=causal,
+                                               precision=precision, kernel_len=None,
+                                               freq_keep=freq_keep)
             y = plan(xa, **args)
-        else:
-            y = longconv.convolve(xa, arr(k), causal, precision=precision,
-                                  freq_keep=freq_keep, **args)
-        return _to_tensor(y, "bfloat16" if bf16 else None, x)
+            out = _to_tensor(y, "bfloat16" if bf16 else None, x)
+        except Exception as exc:
+            if capturing and _is_cuda_error(exc):
+                raise _capture_error(exc) from exc
+            raise
+    if not capturing:
+        _remember_eager_call(key)
+    return out
+
+
+def _is_cuda_error(exc):
+    root = type(exc).__module__.split(".", 1)[0]
+    return root in ("cupy", "cupy_backends") or (
+        isinstance(exc, RuntimeError) and "captur" in str(exc).lower())
 
 
 def _kgrad(g, u, k_len, causal):
@@ -192,6 +326,70 @@ def _kgrad(g, u, k_len, causal):
     if s1 > s0:
         out[:, s0:s1] = full[:, lo + s0:lo + s1]
     return out
+
+
+def _skip_grad(per_h, skip):
+    """The gradient of ``skip`` from its per-channel sums of dy * x."""
+    if skip.numel() == 1 and per_h.numel() > 1:
+        per_h = per_h.sum()
+    return per_h.reshape(skip.shape).to(skip.dtype)
+
+
+def _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need):
+    """Every requested gradient from one launch of the fused backward kernel, or None when it
+    does not serve the problem (CPU tensors, other dtypes, FFT sizes above its range, gates of
+    another dtype): the caller then uses the exact formulas.
+
+    Returns (dx, dk, dpregate, dpostgate, dskip)."""
+    torch = _torch()
+    half = x.dtype in (torch.float16, torch.bfloat16) or (
+        x.dtype == torch.float32 and precision == "half")
+    if (not x.is_cuda or x.ndim < 2 or not half or precision in ("single", "double")
+            or k.is_complex() or not dy.is_cuda):
+        return None
+    if any(g is not None and g.dtype != x.dtype for g in (pregate, postgate)):
+        return None
+    try:
+        from longconv import _fused
+    except ImportError:
+        return None
+    H, L = x.shape[-2], x.shape[-1]
+    k2 = k.detach().float().reshape(1 if k.ndim == 1 else k.shape[-2], k.shape[-1])
+    if k2.shape[0] not in (1, H) or dy.shape != x.shape:
+        return None
+    B = x.numel() // max(1, H * L)
+    io = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}[x.dtype]
+    bf16 = io == "bfloat16"
+
+    def rows(t):
+        return None if t is None else _as_backend(t.detach().expand(x.shape).reshape(B, H, L))[0]
+
+    with _on_torch_stream(x):
+        plan = _fused.make_plan(_as_backend(k2)[0], L, mode="causal" if causal else "same",
+                                io_dtype=io, precision=precision)
+        if plan is None or not plan.backward_supported:
+            return None
+        sk = None
+        if skip is not None:
+            sk = _as_backend(skip.detach().float().reshape(-1).expand(H).contiguous())[0]
+        res = plan.backward(rows(x), rows(dy), rows(pregate), rows(postgate), sk,
+                            need_x=need[0], need_k=need[1], need_pregate=need[2],
+                            need_postgate=need[3], need_skip=need[4])
+
+        def tensor(a):
+            return None if a is None else _to_tensor(a, "bfloat16" if bf16 else None, x)
+
+        dx = tensor(res["x"])
+        dx = None if dx is None else dx.reshape(x.shape)
+        dk = None
+        if res["k"] is not None:
+            dk = _to_tensor(res["k"], None, x).reshape(k.shape).to(k.dtype)
+        dpre = None if res["pregate"] is None else \
+            _reduce_to(tensor(res["pregate"]).reshape(x.shape), pregate)
+        dpost = None if res["postgate"] is None else \
+            _reduce_to(tensor(res["postgate"]).reshape(x.shape), postgate)
+        dskip = None if res["skip"] is None else _skip_grad(_to_tensor(res["skip"], None, x), skip)
+    return dx, dk, dpre, dpost, dskip
 
 
 def _register_ops():
@@ -232,6 +430,9 @@ def _register_ops():
         x, k, pregate, postgate, skip = ctx.saved_tensors
         need = ctx.needs_input_grad
         causal, precision = ctx.causal, ctx.precision
+        fused = _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need)
+        if fused is not None:
+            return (*fused, None, None)
         g = dy * postgate if postgate is not None else dy
         u = x * pregate if pregate is not None else x
         dx = dk = dpre = dpost = dskip = None
@@ -258,8 +459,7 @@ def _register_ops():
             prod = dy.to(wide) * x.to(wide)
             per_h = prod.reshape(-1, *prod.shape[-2:]).sum(dim=(0, 2)) if x.ndim >= 2 \
                 else prod.sum().reshape(1)
-            dskip = (per_h.sum().reshape(skip.shape) if skip.numel() == 1 and per_h.numel() > 1
-                     else per_h.reshape(skip.shape)).to(skip.dtype)
+            dskip = _skip_grad(per_h, skip)
         return dx, dk, dpre, dpost, dskip, None, None
 
     convolve_op.register_autograd(backward, setup_context=setup_context)

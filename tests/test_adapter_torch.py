@@ -439,3 +439,263 @@ def test_cuda_flashfftconv():
     y = FlashFFTConv(2048)(u, k)
     assert y.is_cuda and y.dtype == torch.float16
     assert rel_err(y.cpu(), ref_flash(u.cpu(), k.cpu(), 2048)) < RTOL[torch.float16]
+
+
+# ------------------------------------------------------------------ streams and CUDA graphs
+
+
+class _FakeStream:
+    """Stands for a torch CUDA stream: a handle and the CUDA stream protocol."""
+
+    def __init__(self, ptr):
+        self.cuda_stream = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.cuda_stream)
+
+
+def _fake_cupy(monkeypatch, with_protocol):
+    import sys
+    import types
+    import warnings
+
+    made = []
+
+    class Stream:
+        def __init__(self, ptr, how):
+            self.ptr, self.how = ptr, how
+
+    def from_external(obj):
+        made.append("from_external")
+        return Stream(obj.__cuda_stream__()[1], "protocol")
+
+    def external(ptr, device_id=-1):
+        warnings.warn("ExternalStream is deprecated", DeprecationWarning, stacklevel=2)
+        made.append("ExternalStream")
+        return Stream(ptr, f"external on {device_id}")
+
+    if with_protocol:
+        Stream.from_external = staticmethod(from_external)
+    cuda = types.SimpleNamespace(Stream=Stream, ExternalStream=external)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    monkeypatch.setattr(lt, "_CUPY_STREAMS", {})
+    return made
+
+
+def test_cupy_stream_uses_the_stream_protocol(monkeypatch):
+    import warnings
+
+    made = _fake_cupy(monkeypatch, with_protocol=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        s = lt._cupy_stream(_FakeStream(1234), 0)
+        assert s.ptr == 1234 and s.how == "protocol"
+        assert lt._cupy_stream(_FakeStream(1234), 0) is s  # cached per (device, handle)
+        assert lt._cupy_stream(_FakeStream(1234), 1) is not s
+    assert made == ["from_external", "from_external"]
+
+
+def test_cupy_stream_falls_back_on_older_cupy(monkeypatch):
+    made = _fake_cupy(monkeypatch, with_protocol=False)
+    with pytest.warns(DeprecationWarning):
+        s = lt._cupy_stream(_FakeStream(99), 2)
+    assert s.ptr == 99 and s.how == "external on 2" and made == ["ExternalStream"]
+
+
+def test_capture_of_a_call_never_made_eagerly_is_refused(monkeypatch):
+    import contextlib
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    CUDARuntimeError.__module__ = "cupy_backends.cuda.api.runtime"
+
+    @contextlib.contextmanager
+    def capturing(t):
+        yield True
+
+    touched = []
+
+    def refuse(t):
+        touched.append(t.shape)
+        raise CUDARuntimeError("cudaErrorStreamCaptureUnsupported")
+
+    x, k = gen(1, 2, 16), gen(2, 4, seed=1)
+    args = (x, k, True, None, None, None, None, None)
+    monkeypatch.setattr(lt, "_EAGER_CALLS", set())
+    monkeypatch.setattr(lt, "_on_torch_stream", capturing)
+    monkeypatch.setattr(lt, "_as_backend", refuse)
+    with pytest.raises(RuntimeError, match="before any call with these shapes"):
+        lt._run_convolve(*args)
+    assert touched == []  # refused before any work
+    # an eager call of the same shapes registers them
+    monkeypatch.undo()
+    monkeypatch.setattr(lt, "_EAGER_CALLS", set())
+    lt._run_convolve(*args)
+    assert len(lt._EAGER_CALLS) == 1
+    # then a CUDA error during the capture is explained, the original chained
+    monkeypatch.setattr(lt, "_on_torch_stream", capturing)
+    monkeypatch.setattr(lt, "_as_backend", refuse)
+    with pytest.raises(RuntimeError, match="once before capturing") as info:
+        lt._run_convolve(*args)
+    assert isinstance(info.value.__cause__, CUDARuntimeError) and touched
+
+    def bad_value(t):
+        raise ValueError("not a CUDA error")
+
+    monkeypatch.setattr(lt, "_as_backend", bad_value)
+    with pytest.raises(ValueError, match="not a CUDA error"):  # passed through unchanged
+        lt._run_convolve(*args)
+
+
+@pytest.mark.gpu
+def test_cuda_stream_wrapper_is_not_deprecated():
+    import warnings
+
+    cupy = _cuda()
+    x, k = gen(2, 4, 512).cuda(), gen(4, 512, seed=1).cuda()
+    side = torch.cuda.Stream()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        with torch.cuda.stream(side):
+            y = longconv.convolve(x, k)
+            cs = lt._cupy_stream(side, x.device.index)
+        side.synchronize()
+    assert isinstance(cs, cupy.cuda.Stream) and cs.ptr == side.cuda_stream
+    assert rel_err(y.cpu(), ref_conv(x.cpu(), k.cpu())) < RTOL[torch.float32]
+
+
+@pytest.mark.gpu
+def test_cuda_work_is_ordered_on_torch_stream():
+    # no synchronisation between torch's and CuPy's view of the stream: a long torch kernel
+    # queued first must finish before longconv reads its output
+    _cuda()
+    side = torch.cuda.Stream()
+    k = gen(8, 4096, seed=1).cuda()
+    with torch.cuda.stream(side):
+        a = torch.randn(4096, 4096, device="cuda")
+        for _ in range(3):
+            a = a @ a / 64  # keeps the stream busy
+        x = (a[:16] * 0 + 1).reshape(2, 8, 4096)  # ready only once the products are
+        y = longconv.convolve(x, k)
+        z = y * 2
+    side.synchronize()
+    ref = ref_conv(torch.ones(2, 8, 4096), k.cpu())
+    assert rel_err(z.cpu() / 2, ref) < RTOL[torch.float32]
+
+
+def _warm_up(fn, *args):
+    """Eager calls on a side stream, as torch.cuda.graph asks before capturing."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+
+
+CAPTURE_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", CAPTURE_DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+def test_cuda_graph_capture_forward(dtype, causal):
+    _cuda()
+    B, H, L, Lk = 3, 8, 1000, 700
+
+    def inputs(seed):
+        shapes = [(B, H, L), (H, Lk), (B, H, L), (H, 1), (H,)]
+        return [gen(*s, seed=seed + i).cuda().to(dtype) for i, s in enumerate(shapes)]
+
+    static = inputs(0)
+
+    def f(x, k, pre, post, skip):
+        return longconv.convolve(x, k, causal, pregate=pre, postgate=post, skip=skip)
+
+    _warm_up(f, *static)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_static = f(*static)
+    outs = []
+    for seed in (10, 20):
+        new = inputs(seed)
+        if seed == 20:
+            new[1] = static[1].clone()  # filter unchanged this time: only x and gates move
+        for s, n in zip(static, new, strict=True):
+            s.copy_(n)  # the filter too: the graph recomputes its spectrum on every replay
+        graph.replay()
+        torch.cuda.synchronize()
+        y = y_static.clone()
+        eager = f(*new)
+        torch.cuda.synchronize()
+        assert torch.equal(y, eager), f"replay differs from the eager call ({rel_err(y, eager)})"
+        ref = ref_conv(*(t.cpu() for t in new[:2]), causal, *(t.cpu() for t in new[2:]))
+        assert rel_err(y.cpu(), ref) < RTOL[dtype]
+        outs.append(y)
+    assert not torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", CAPTURE_DTYPES)
+def test_cuda_graph_capture_forward_and_backward(dtype):
+    _cuda()
+    B, H, L = 2, 4, 512
+    x = gen(B, H, L).cuda().to(dtype).requires_grad_()
+    k = gen(H, L, seed=1).cuda().to(dtype).requires_grad_()
+    pre = gen(B, H, L, seed=2).cuda().to(dtype)
+    dy = gen(B, H, L, seed=3).cuda().to(dtype)
+
+    def step():
+        y = longconv.convolve(x, k, pregate=pre)
+        return (y, *torch.autograd.grad(y, (x, k), dy))
+
+    _warm_up(step)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step()
+    for seed in (10, 20):
+        with torch.no_grad():
+            for t, s in ((x, 0), (k, 1), (pre, 2), (dy, 3)):
+                t.copy_(gen(*t.shape, seed=seed + s).to(dtype))
+        graph.replay()
+        torch.cuda.synchronize()
+        got = [t.clone() for t in static_out]
+        eager = step()
+        torch.cuda.synchronize()
+        # replay and eager run the same kernels; a filter gradient summed with atomics may
+        # round its last bit differently
+        same = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+        for name, g, e in zip(("y", "dx", "dk"), got, eager, strict=True):
+            assert g.dtype == e.dtype and g.shape == e.shape, name
+            assert rel_err(g, e) < same, name
+        xr = x.detach().cpu().double().requires_grad_()
+        kr = k.detach().cpu().double().requires_grad_()
+        yr = ref_conv(xr, kr, True, pre.cpu())
+        rx, rk = torch.autograd.grad(yr, (xr, kr), dy.cpu().double())
+        tol = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
+        assert rel_err(got[0].cpu(), yr) < tol
+        assert rel_err(got[1].cpu(), rx) < tol and rel_err(got[2].cpu(), rk) < tol
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_without_warm_up_says_what_to_do():
+    _cuda()
+    # a shape no other test uses, so nothing is cached: a plan cannot be made during capture
+    x = gen(1, 3, 7777).cuda().half()
+    k = gen(3, 5555, seed=1).cuda().half()
+    ref = ref_conv(x.cpu(), k.cpu())
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="before any call with these shapes"):
+        with torch.cuda.graph(graph):
+            longconv.convolve(x, k)
+    torch.cuda.synchronize()
+    y = longconv.convolve(x, k)  # an eager call works afterwards, and makes capture possible
+    assert rel_err(y.cpu(), ref) < RTOL[torch.float16]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_static = longconv.convolve(x, k)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y_static, y)
