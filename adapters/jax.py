@@ -13,14 +13,27 @@ Eager arrays (``jax.Array`` holding data) go through the ordinary public functio
 Traced values (inside ``jax.jit``, ``jax.grad``, ``jax.vmap``) have no data to hand over, so
 the public functions refuse them with a ``TypeError`` that points here: :func:`convolve` in
 this module is the transform-safe form. It is a ``jax.custom_vjp`` whose forward and backward
-passes call the CPU backend through ``jax.pure_callback`` (``vmap_method="expand_dims"``, so
-``jax.vmap`` over leading axes works). Under transforms it serves JAX's CPU backend only; with
-a GPU as JAX's default backend it raises ``NotImplementedError`` (eager GPU arrays still work).
+passes are callbacks chosen by the platform the computation is compiled for
+(``jax.lax.platform_dependent``):
+
+* ``cuda``: ``jax.experimental.buffer_callback``. The callback receives XLA's device buffers
+  and XLA's CUDA stream; the buffers become CuPy arrays over the same memory (their pointers,
+  ``cupy.cuda.UnownedMemory``; bfloat16 as ``uint16`` bit patterns) and the GPU backends run
+  on XLA's stream (``cupy.cuda.Stream.from_external``), writing the result into XLA's output
+  buffer. No data crosses to the host and nothing synchronises with the GPU.
+* every other platform (the CPU above all): ``jax.pure_callback`` into the CPU backend.
+
+Both use ``vmap_method="expand_dims"``, so ``jax.vmap`` over leading axes works. A jax without
+``jax.experimental.buffer_callback`` uses ``jax.pure_callback`` on every platform (on a GPU a
+host round trip, with a ``RuntimeWarning`` when the trace happens with a GPU as JAX's default
+backend).
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 
 import numpy as np
 
@@ -99,8 +112,26 @@ def from_backend(array, logical_dtype, like=None):
 
 
 # --------------------------------------------------------------------------------------------
-# The transform-safe convolve: custom_vjp over host callbacks into the CPU backend.
+# The transform-safe convolve: custom_vjp over callbacks (buffer_callback on CUDA, pure_callback
+# elsewhere). The math below is written once for NumPy and CuPy arrays (``xp``).
 # --------------------------------------------------------------------------------------------
+
+#: Bytes of spectra one chunk of the filter gradient may hold (rows of the batch per chunk).
+_KGRAD_CHUNK_BYTES = 256 << 20
+
+#: DLPack device types of the buffers a buffer callback receives.
+_DL_CPU, _DL_CUDA = 1, 2
+
+#: Which callbacks traced calls use: ``None`` (by platform: buffer_callback on CUDA,
+#: pure_callback elsewhere), ``"buffer"`` (buffer_callback on every platform; it serves CPU
+#: buffers too) or ``"host"`` (pure_callback everywhere).
+_ROUTE = None
+
+#: ``None``, or a function called inside every GPU buffer callback with a dict of what it saw
+#: (``inputs``/``outputs``: device pointers of the non-absent buffers, ``stream``: XLA's stream
+#: handle, ``current_stream``: CuPy's current stream handle while the work is enqueued,
+#: ``device``: the CUDA device ordinal). For tests and diagnostics.
+_probe = None
 
 
 def _acc_dtype(dtype):
@@ -108,17 +139,17 @@ def _acc_dtype(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
-def _per_lead(fn, extra, arrays, fixed=None):
+def _per_lead(fn, extra, arrays, fixed=None, xp=np):
     """Apply ``fn`` to ``arrays`` carrying ``extra`` leading axes added by ``jax.vmap``.
 
-    Every array has the same number of leading axes, each of size 1 (not batched) or of the
-    batch size. ``fixed`` names positions whose arrays are parameters of the convolution (the
-    filter, the skip weights): when none of those is batched the data is broadcast over the
-    leading axes and ``fn`` runs once; otherwise (and always when ``fixed`` is ``None``) ``fn``
-    runs once per leading index.
+    ``arrays`` are NumPy or CuPy arrays (``xp`` their module) or ``None``. Every array has the
+    same number of leading axes, each of size 1 (not batched) or of the batch size. ``fixed``
+    names positions whose arrays are parameters of the convolution (the filter, the skip
+    weights): when none of those is batched the data is broadcast over the leading axes and
+    ``fn`` runs once; otherwise (and always when ``fixed`` is ``None``) ``fn`` runs once per
+    leading index.
     Returns a tuple of outputs with the leading axes in front.
     """
-    arrays = tuple(None if a is None else np.asarray(a) for a in arrays)
     if extra == 0:
         return fn(*arrays)
     leads = [a.shape[:extra] for a in arrays if a is not None]
@@ -133,7 +164,7 @@ def _per_lead(fn, extra, arrays, fixed=None):
             elif i in fixed:
                 args.append(a.reshape(a.shape[extra:]))
             elif i == 0:
-                args.append(np.broadcast_to(a, lead + a.shape[extra:]))
+                args.append(xp.broadcast_to(a, lead + a.shape[extra:]))
             else:
                 args.append(a)
         return fn(*args)
@@ -147,48 +178,78 @@ def _per_lead(fn, extra, arrays, fixed=None):
                 sub = tuple(i if n > 1 else 0 for i, n in zip(idx, a.shape[:extra], strict=True))
                 args.append(a[sub])
         results.append(fn(*args))
-    return tuple(np.stack([r[j] for r in results]).reshape(lead + results[0][j].shape)
+    return tuple(xp.stack([r[j] for r in results]).reshape(lead + results[0][j].shape)
                  for j in range(len(results[0])))
 
 
-def _host_forward(x, k, pregate, postgate, skip, *, causal, precision, kernel_len):
+def _forward(x, k, pregate, postgate, skip, *, causal, precision, kernel_len, bf16,
+             device=None):
+    """``(y,)`` with ``y = postgate * conv(pregate * x, k) + skip * x`` on backend arrays.
+
+    ``bf16``: ``x`` holds bfloat16 (NumPy's bfloat16 dtype on the host, ``uint16`` bit patterns
+    on the GPU); the result is then bfloat16 in the same representation.
+    """
     import longconv
 
-    y = longconv.convolve(x, k, causal, pregate=pregate, postgate=postgate, skip=skip,
-                          precision=precision, kernel_len=kernel_len)
+    if bf16:
+        plan = longconv.LongConv(k, x.shape[-1], causal=causal, dtype="bfloat16",
+                                 precision=precision, kernel_len=kernel_len, device=device)
+        y = plan(x, pregate=pregate, postgate=postgate, skip=skip)
+    else:
+        y = longconv.convolve(x, k, causal, pregate=pregate, postgate=postgate, skip=skip,
+                              precision=precision, kernel_len=kernel_len, device=device)
+    return (y,)
+
+
+def _host_forward(x, k, pregate, postgate, skip, *, causal, precision, kernel_len):
+    # CPU jax arrays stay on the CPU backend, whatever the NumPy size policy would choose
+    (y,) = _forward(x, k, pregate, postgate, skip, causal=causal, precision=precision,
+                    kernel_len=kernel_len, bf16=False, device="cpu")
     return (np.asarray(y).astype(x.dtype, copy=False),)
 
 
-def _host_backward(g, u, k, *, causal, kernel_len):
+def _backward(g, u, k, *, causal, kernel_len, xp=np, fft=None):
     """``du`` and ``dk`` of ``c = conv(u, k)`` for the cotangent ``g`` of ``c``.
 
     ``g`` and ``u``: ``(..., H, L)`` in the accumulation dtype; ``k``: ``(Hk, Lk)``. ``dk`` is
-    summed over the leading axes through its spectrum (and over ``H`` for a shared filter).
+    summed over the leading axes through its spectrum (and over ``H`` for a shared filter), in
+    chunks of rows. ``xp``/``fft``: NumPy and ``scipy.fft``, or CuPy and ``cupyx.scipy.fft``.
     """
-    import scipy.fft
-
     import longconv
+
+    if fft is None:
+        import scipy.fft as fft
 
     acc = g.dtype
     L = g.shape[-1]
+    H = g.shape[-2]
     Hk, Lk = k.shape
     m = Lk if kernel_len is None else min(Lk, kernel_len)
-    ke = np.asarray(k[:, :m]).astype(acc)
+    ke = xp.ascontiguousarray(k[:, :m].astype(acc))
     precision = "double" if acc == np.float64 else "single"
-    du = longconv.convolve(np.ascontiguousarray(g[..., ::-1]), ke, causal,
-                           precision=precision)[..., ::-1]
-    n = scipy.fft.next_fast_len(2 * L - 1, real=True)
-    spec = scipy.fft.rfft(g, n) * np.conj(scipy.fft.rfft(u, n))
-    spec = spec.reshape((-1,) + spec.shape[-2:]).sum(axis=0)
+    du = longconv.convolve(xp.ascontiguousarray(g[..., ::-1]), ke, causal, precision=precision,
+                           device="cpu" if xp is np else None)[..., ::-1]
+    n = fft.next_fast_len(2 * L - 1, real=True)
+    g3 = g.reshape(-1, H, L)
+    u3 = u.reshape(-1, H, L)
+    rows = max(1, _KGRAD_CHUNK_BYTES // (3 * H * (n // 2 + 1) * 2 * np.dtype(acc).itemsize))
+    spec = None
+    for r in range(0, g3.shape[0], rows):
+        part = (fft.rfft(g3[r:r + rows], n) * xp.conj(fft.rfft(u3[r:r + rows], n))).sum(axis=0)
+        spec = part if spec is None else spec + part
     if Hk == 1:
         spec = spec.sum(axis=0, keepdims=True)
-    corr = scipy.fft.irfft(spec, n)
+    corr = fft.irfft(spec, n)
     off = 0 if causal else (m - 1) // 2
     lags = np.arange(m) - off
-    valid = (lags > -L) & (lags < L)
-    dk = np.zeros((Hk, Lk), dtype=acc)
-    dk[:, np.flatnonzero(valid)] = corr[:, lags[valid] % n]
-    return np.ascontiguousarray(du, dtype=acc), dk
+    s = np.flatnonzero((lags > -L) & (lags < L))  # a contiguous run of taps, never empty
+    dk = xp.zeros((Hk, Lk), dtype=acc)
+    dk[:, s[0]:s[-1] + 1] = corr[:, xp.asarray(lags[s] % n)]
+    return xp.ascontiguousarray(du, dtype=acc), dk
+
+
+def _host_backward(g, u, k, *, causal, kernel_len):
+    return _backward(g, u, k, causal=causal, kernel_len=kernel_len)
 
 
 def _unbroadcast(a, shape):
@@ -202,31 +263,202 @@ def _unbroadcast(a, shape):
     return a
 
 
+# ---- buffer_callback: XLA's buffers as CuPy arrays, on XLA's stream ------------------------
+
+def _buffer_callback():
+    """``jax.experimental.buffer_callback.buffer_callback``, or ``None`` where jax lacks it."""
+    try:
+        from jax.experimental.buffer_callback import buffer_callback
+    except ImportError:
+        return None
+    return buffer_callback
+
+
+class _StreamHandle:
+    """A raw ``cudaStream_t`` handle speaking the CUDA stream protocol (``__cuda_stream__``)."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __cuda_stream__(self):
+        return (0, self.handle)
+
+
+_streams = {}
+
+
+def _xla_stream(cupy, handle, device_id):
+    """A CuPy stream object for XLA's stream ``handle`` on ``device_id`` (cached; CuPy does not
+    own or destroy it). Call with ``device_id`` current: ``cupy.cuda.Stream.from_external``
+    (CuPy >= 14) takes the device from the current one; older CuPy gets
+    ``cupy.cuda.ExternalStream`` (deprecated in CuPy 14)."""
+    key = (device_id, handle)
+    stream = _streams.get(key)
+    if stream is None:
+        from_external = getattr(cupy.cuda.Stream, "from_external", None)
+        if from_external is not None:
+            stream = from_external(_StreamHandle(handle))
+        else:
+            stream = cupy.cuda.ExternalStream(handle, device_id)
+        if len(_streams) >= 64:
+            _streams.clear()
+        _streams[key] = stream
+    return stream
+
+
+def _buffer_pointer(buf):
+    """Device address of a GPU ``Buffer`` (``__cuda_array_interface__``, else DLPack)."""
+    try:
+        return int(buf.__cuda_array_interface__["data"][0])
+    except (AttributeError, RuntimeError, TypeError, KeyError):
+        import cupy
+
+        return int(cupy.from_dlpack(buf).data.ptr)
+
+
+def _device_view(cupy, buf, device_id):
+    """A C-contiguous CuPy array over a GPU ``Buffer``'s memory (no copy). bfloat16 buffers
+    become ``uint16`` bit patterns. Valid only while the callback runs."""
+    dt = np.dtype(buf.dtype)
+    if dt.name == "bfloat16":
+        dt = np.dtype(np.uint16)
+    shape = tuple(int(s) for s in buf.shape)
+    nbytes = math.prod(shape) * dt.itemsize
+    if nbytes == 0:
+        return cupy.empty(shape, dt)
+    mem = cupy.cuda.UnownedMemory(_buffer_pointer(buf), nbytes, buf, device_id)
+    return cupy.ndarray(shape, dt, cupy.cuda.MemoryPointer(mem, 0))
+
+
+def _store(dst, y, xp):
+    """Write a result into an output view (converting float32 to bfloat16 bits if needed)."""
+    if dst.dtype == np.uint16 and y.dtype != np.uint16:
+        from longconv._arrays import float32_to_bf16
+
+        y = float32_to_bf16(y, xp)
+    if tuple(y.shape) != tuple(dst.shape):
+        raise RuntimeError(f"longconv computed a result of shape {tuple(y.shape)} for an output "
+                           f"of shape {tuple(dst.shape)}")
+    dst[...] = y
+
+
+def _run_buffers(kernel, ctx, outs, *bufs):
+    """Body of every buffer callback: views of the buffers, ``kernel(xp, *arrays)``, results
+    written into the outputs. GPU buffers: CuPy on XLA's stream; CPU buffers: NumPy."""
+    dev_type, device_id = (int(v) for v in outs[0].__dlpack_device__())
+    if dev_type == _DL_CPU:
+        arrays = [None if b is None else np.asarray(b) for b in bufs]
+        results = kernel(np, *arrays)
+        for o, r in zip(outs, results, strict=True):
+            _store(np.asarray(o), r, np)
+        return
+    if dev_type != _DL_CUDA:
+        raise NotImplementedError(
+            f"longconv's buffer callback runs on CPU and CUDA buffers; got DLPack device type "
+            f"{dev_type}"
+        )
+    import cupy
+
+    handle = int(ctx.stream)
+    # the device is current before the stream object is looked up (and made current)
+    with cupy.cuda.Device(device_id), _xla_stream(cupy, handle, device_id):
+        arrays = [None if b is None else _device_view(cupy, b, device_id) for b in bufs]
+        views = [_device_view(cupy, o, device_id) for o in outs]
+        if _probe is not None:
+            _probe({
+                "inputs": [a.data.ptr for a in arrays if a is not None],
+                "outputs": [v.data.ptr for v in views],
+                "stream": handle,
+                "current_stream": cupy.cuda.get_current_stream().ptr,
+                "device": device_id,
+            })
+        results = kernel(cupy, *arrays)
+        for v, r in zip(views, results, strict=True):
+            _store(v, r, cupy)
+
+
+def _warn_host_round_trip():
+    jax = _jax()
+    if jax.default_backend() != "cpu":
+        warnings.warn(
+            "this jax has no jax.experimental.buffer_callback: longconv.convolve under "
+            "jax.jit, jax.grad or jax.vmap copies GPU data to the host and runs on the CPU "
+            "(correct but slow); upgrade jax for the GPU path on JAX's stream",
+            RuntimeWarning, stacklevel=3,
+        )
+
+
 @functools.cache
-def _core(causal, has_pre, has_post, has_skip, precision, kernel_len):
+def _core(causal, has_pre, has_post, has_skip, precision, kernel_len, bf16, route):
     """The custom_vjp function of ``(x, k, pregate, postgate, skip)`` for one configuration.
 
     Shapes are normalised by :func:`convolve`: ``x`` ``(..., H, L)``, ``k`` ``(Hk, Lk)``, gates
-    with ``x``'s rank, ``skip`` ``(H,)`` or ``(1,)``; absent operands are ``None``.
+    with ``x``'s rank, ``skip`` ``(H,)`` or ``(1,)``; absent operands are ``None``. ``bf16``:
+    ``x`` is bfloat16 (then other operands may be too; otherwise none is). ``route``: ``"auto"``
+    (by platform), ``"buffer"`` or ``"host"`` (see ``_ROUTE``).
     """
     jax = _jax()
     jnp = jax.numpy
     fixed = (1, 4)
 
+    # -- the kernels, for NumPy (host) and CuPy (device) arrays
+    def fwd_kernel(nd, xp, x, k, pre, post, skip):
+        fn = functools.partial(_forward, causal=causal, precision=precision,
+                               kernel_len=kernel_len, bf16=bf16)
+        return _per_lead(fn, x.ndim - nd, (x, k, pre, post, skip), fixed, xp)
+
+    def bwd_kernel(nd, xp, g, u, k):
+        if xp is np:
+            fft = None
+        else:
+            import cupyx.scipy.fft as fft
+        fn = functools.partial(_backward, causal=causal, kernel_len=kernel_len, xp=xp, fft=fft)
+        return _per_lead(fn, g.ndim - nd, (g, u, k), None, xp)
+
+    # -- the host route: jax.pure_callback
     def host_forward(nd, x, k, pre, post, skip):
+        arrays = tuple(None if a is None else np.asarray(a) for a in (x, k, pre, post, skip))
         fn = functools.partial(_host_forward, causal=causal, precision=precision,
                                kernel_len=kernel_len)
-        return _per_lead(fn, x.ndim - nd, (x, k, pre, post, skip), fixed)
+        return _per_lead(fn, arrays[0].ndim - nd, arrays, fixed)
 
     def host_backward(nd, g, u, k):
+        g, u, k = (np.asarray(a) for a in (g, u, k))
         fn = functools.partial(_host_backward, causal=causal, kernel_len=kernel_len)
         return _per_lead(fn, g.ndim - nd, (g, u, k))
 
+    def pure(cb, outs, *args):
+        return jax.pure_callback(cb, outs, *args, vmap_method="expand_dims")
+
+    def buffered(kernel, outs, *args):
+        call = _buffer_callback()(functools.partial(_run_buffers, kernel), outs,
+                                  vmap_method="expand_dims")
+        return call(*args)
+
+    def by_platform(host, device, *args):
+        if route == "host":
+            return host(*args)
+        if route == "buffer":
+            return device(*args)
+        return jax.lax.platform_dependent(*args, cuda=device, default=host)
+
     def call_forward(x, k, pre, post, skip):
-        out = jax.ShapeDtypeStruct(x.shape, x.dtype)
-        cb = functools.partial(host_forward, x.ndim)
-        return jax.pure_callback(cb, (out,), x, k, pre, post, skip,
-                                 vmap_method="expand_dims")[0]
+        outs = (jax.ShapeDtypeStruct(x.shape, x.dtype),)
+        nd = x.ndim
+        return by_platform(
+            lambda *a: pure(functools.partial(host_forward, nd), outs, *a),
+            lambda *a: buffered(functools.partial(fwd_kernel, nd), outs, *a),
+            x, k, pre, post, skip)[0]
+
+    def call_backward(g, u, k):
+        outs = (jax.ShapeDtypeStruct(g.shape, g.dtype), jax.ShapeDtypeStruct(k.shape, g.dtype))
+        nd = g.ndim
+        return by_platform(
+            lambda *a: pure(functools.partial(host_backward, nd), outs, *a),
+            lambda *a: buffered(functools.partial(bwd_kernel, nd), outs, *a),
+            g, u, k)
 
     def primal(x, k, pre, post, skip):
         return call_forward(x, k, pre, post, skip)
@@ -250,9 +482,7 @@ def _core(causal, has_pre, has_post, has_skip, precision, kernel_len):
         u = xa * pre.astype(acc) if has_pre else xa
         g = jnp.broadcast_to(g, x.shape)
         u = jnp.broadcast_to(u, x.shape)
-        outs = (jax.ShapeDtypeStruct(x.shape, acc), jax.ShapeDtypeStruct(k.shape, acc))
-        cb = functools.partial(host_backward, x.ndim)
-        du, dk = jax.pure_callback(cb, outs, g, u, k, vmap_method="expand_dims")
+        du, dk = call_backward(g, u, k.astype(acc))
         dx = du * pre.astype(acc) if has_pre else du
         if has_skip:
             dx = dx + skip.astype(acc)[:, None] * dy
@@ -301,9 +531,10 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     the GPU backends through DLPack) and accept every dtype :func:`longconv.convolve` accepts.
 
     Traced values (under ``jax.jit``, ``jax.grad``, ``jax.vmap``) must be real floating arrays
-    (float16, bfloat16, float32, float64); the result has ``x``'s dtype. The work runs on the
-    host through ``jax.pure_callback``, so JAX's default backend must be the CPU (on a GPU
-    backend this raises ``NotImplementedError``), and ``freq_keep`` is not offered there.
+    (float16, bfloat16, float32, float64); the result has ``x``'s dtype. Compiled for a CUDA
+    GPU, the work runs on the GPU backends on XLA's stream, in XLA's buffers
+    (``jax.experimental.buffer_callback``); compiled for the CPU (or another platform), on the
+    CPU backend through ``jax.pure_callback``. ``freq_keep`` is not offered there.
     Gradients (``jax.custom_vjp``) exist for every operand. With ``u = pregate * x`` and
     ``g = postgate * dy``: ``du`` is the correlation of ``g`` with ``k`` (a convolution of the
     time-reversed ``g``), ``dk`` the correlation of ``g`` with ``u`` summed over the batch in
@@ -331,13 +562,6 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
             "freq_keep is not supported under jax.jit, jax.grad or jax.vmap; supported there: "
             "freq_keep=None (call longconv.convolve on concrete arrays for freq_keep)"
         )
-    if jax.default_backend() != "cpu":
-        raise NotImplementedError(
-            "longconv.convolve under jax.jit, jax.grad or jax.vmap runs only with JAX's CPU "
-            f"backend (host callbacks); JAX's default backend is {jax.default_backend()!r}. "
-            "Supported: concrete GPU arrays outside transforms (zero-copy through DLPack), "
-            "and CPU arrays under transforms"
-        )
     ops = {n: (None if v is None else _as_operand(v, n)) for n, v in named.items()}
     x, k = ops["x"], ops["k"]
     _validate.check_signal(x.shape)
@@ -359,7 +583,18 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
         args.append(None if g is None else g.reshape((1,) * (x2.ndim - g.ndim) + g.shape))
     s = ops["skip"]
     args.append(None if s is None else s.reshape(-1))
+    bf16 = x.dtype == jax.numpy.bfloat16
+    if not bf16:
+        # bfloat16 reaches the GPU as uint16 bit patterns, which mean bfloat16 only beside a
+        # bfloat16 x: widen other bfloat16 operands (exactly) first
+        args = [a.astype(np.float32) if a is not None and a.dtype == jax.numpy.bfloat16 else a
+                for a in args]
+    route = _ROUTE
+    if route is None:
+        route = "auto" if _buffer_callback() is not None else "host"
+        if route == "host":
+            _warn_host_round_trip()
     f = _core(causal, ops["pregate"] is not None, ops["postgate"] is not None,
-              s is not None, precision, kernel_len)
+              s is not None, precision, kernel_len, bool(bf16), route)
     y = f(*args)
     return y.reshape(shape)

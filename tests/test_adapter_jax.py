@@ -1,6 +1,8 @@
 """JAX arrays: round trips, jit, vmap and gradients (CPU), zero-copy on the GPU (gpu marker)."""
 
 import os
+import re
+import warnings
 
 # JAX preallocates 75% of GPU memory at its first GPU use; CuPy shares the device in the GPU
 # tests, so allocate on demand instead (set before jax is imported).
@@ -25,6 +27,17 @@ def _x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", before)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_gpu_test(request):
+    """Tests without the gpu marker run on JAX's CPU device whatever the default backend; the
+    GPU tests place their arrays on the GPU themselves."""
+    if request.node.get_closest_marker("gpu") is not None:
+        yield
+        return
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
 
 
 def _jnp_conv(u, k, causal):
@@ -316,7 +329,91 @@ def test_errors_eager_and_traced_public_functions(rng):
 
 
 # ---------------------------------------------------------------------------------------------
-# GPU: zero-copy through DLPack
+# callbacks: which one each platform gets, and the buffer_callback path run on CPU buffers
+# ---------------------------------------------------------------------------------------------
+
+def _custom_call_targets(f, args, platform):
+    """Custom-call targets of ``jax.jit(f)`` lowered for ``platform`` (no device needed)."""
+    traced = jax.jit(f).trace(*args)
+    text = traced.lower(lowering_platforms=(platform,)).as_text()
+    return set(re.findall(r"custom_call @(\w+)", text))
+
+
+def test_lowering_picks_buffer_callback_for_cuda_and_pure_callback_for_cpu(rng):
+    x, k = _rand(rng, (2, 3, 64), jnp.float32), _rand(rng, (3, 64), jnp.float32)
+
+    def loss(x, k):
+        return jnp.sum(longconv.convolve(x, k, pregate=x, skip=jnp.ones(3, jnp.float32)) ** 2)
+
+    for f in (lambda x, k: longconv.convolve(x, k, False), jax.grad(loss, (0, 1))):
+        cuda = _custom_call_targets(f, (x, k), "cuda")
+        cpu = _custom_call_targets(f, (x, k), "cpu")
+        assert cuda == {"xla_buffer_python_gpu_callback"}, cuda
+        assert cpu == {"xla_ffi_python_cpu_callback"}, cpu
+
+
+def test_without_buffer_callback_every_platform_uses_pure_callback(rng, monkeypatch):
+    monkeypatch.setattr(ljax, "_buffer_callback", lambda: None)
+    x, k = _rand(rng, (2, 3, 40)), _rand(rng, (3, 12))
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with the CPU as JAX's default backend: no warning
+        y = jax.jit(lambda a, b: longconv.convolve(a, b, False))(x, k)
+    assert _rel(y, _ref_layer(x, k, False)) < 1e-12
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(longconv.convolve(a, b))))(x, k))
+    assert "pure_callback" in jaxpr
+    assert "buffer_callback" not in jaxpr and "platform_index" not in jaxpr
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.warns(RuntimeWarning, match="no jax.experimental.buffer_callback"):
+        jax.jit(lambda a, b: longconv.convolve(a, b) * 2).trace(x, k)
+
+
+@pytest.fixture
+def buffer_route(monkeypatch):
+    """Traced calls use buffer_callback on every platform (here: CPU buffers through NumPy)."""
+    monkeypatch.setattr(ljax, "_ROUTE", "buffer")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16", "float16"])
+def test_buffer_route_forward(rng, buffer_route, dtype):
+    x, k = _rand(rng, (2, 3, 48), dtype), _rand(rng, (3, 30), dtype)
+    pre, post, skip = _rand(rng, (3, 48), dtype), _rand(rng, (48,), dtype), _rand(rng, (3,), dtype)
+    targets = _custom_call_targets(lambda x, k: longconv.convolve(x, k), (x, k), "cpu")
+    assert targets == {"xla_buffer_python_cpu_callback"}, targets
+    f = jax.jit(lambda *a: longconv.convolve(a[0], a[1], False, pregate=a[2], postgate=a[3],
+                                             skip=a[4]))
+    y = f(x, k, pre, post, skip)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    eager = longconv.convolve(x, k, False, pregate=pre, postgate=post, skip=skip)
+    assert _rel(y, eager) == 0
+
+
+def test_buffer_route_mixed_dtypes(rng, buffer_route):
+    x, k = _rand(rng, (2, 40), jnp.float32), _rand(rng, (2, 9), jnp.bfloat16)
+    y = jax.jit(lambda a, b: longconv.convolve(a, b))(x, k)
+    assert y.dtype == jnp.float32
+    assert _rel(y, _jnp_conv(x.astype(jnp.float64), k.astype(jnp.float64), True)) < 1e-6
+
+
+def test_buffer_route_grad_and_vmap(rng, buffer_route):
+    for causal in (True, False):
+        _check_grad(rng, causal, 40, 90, jit=True)
+    x, k = _rand(rng, (5, 3, 40)), _rand(rng, (3, 25))
+    ks = _rand(rng, (5, 3, 25))
+    y = jax.jit(jax.vmap(lambda a, b: longconv.convolve(a, b, False)))(x, ks)
+    assert _rel(y, jax.vmap(lambda a, b: _jnp_layer(a, b, False))(x, ks)) < 1e-12
+    y = jax.jit(jax.vmap(lambda a: longconv.convolve(a, k)))(x)
+    assert _rel(y, _ref_layer(x, k, True)) < 1e-12
+    f = lambda x, k: jnp.sum(jnp.cos(longconv.convolve(x, k, False)))  # noqa: E731
+    r = lambda x, k: jnp.sum(jnp.cos(_jnp_conv(x, k, False)))  # noqa: E731
+    got = jax.jit(jax.vmap(jax.grad(f, (0, 1)), in_axes=(0, None)))(x, k)
+    want = jax.jit(jax.vmap(jax.grad(r, (0, 1)), in_axes=(0, None)))(x, k)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape and _rel(a, b) < 1e-11
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: eager zero-copy through DLPack; under jit, buffer_callback on XLA's stream
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -325,6 +422,10 @@ def jax_gpu():
         return jax.devices("gpu")[0]
     except RuntimeError:
         pytest.skip("jax has no GPU backend (CPU jaxlib)")
+
+
+def _on(device, *arrays):
+    return tuple(jax.device_put(a, device) for a in arrays)
 
 
 @pytest.mark.gpu
@@ -351,9 +452,145 @@ def test_gpu_round_trip(rng, jax_gpu, dtype):
 
 
 @pytest.mark.gpu
-def test_gpu_jit_is_refused_naming_what_works(rng, jax_gpu):
-    if jax.default_backend() == "cpu":
-        pytest.skip("JAX's default backend is the CPU")
-    x = jax.device_put(_rand(rng, (3, 64), jnp.float32), jax_gpu)
-    with pytest.raises(NotImplementedError, match="CPU backend"):
-        jax.jit(longconv.convolve)(x, x)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_gpu_jit_matches_eager(rng, jax_gpu, dtype, causal):
+    L = 1000
+    x, k = _on(jax_gpu, _rand(rng, (4, 8, L), dtype), _rand(rng, (8, L), dtype))
+    pre, post, skip = _on(jax_gpu, _rand(rng, (8, L), dtype), _rand(rng, (4, 8, L), dtype),
+                          _rand(rng, (8,), dtype))
+    f = jax.jit(lambda *a, c=causal: longconv.convolve(a[0], a[1], c, pregate=a[2],
+                                                       postgate=a[3], skip=a[4]))
+    y = f(x, k, pre, post, skip)
+    assert isinstance(y, jax.Array) and y.dtype == x.dtype and y.shape == x.shape
+    assert next(iter(y.devices())) == jax_gpu
+    eager = longconv.convolve(x, k, causal, pregate=pre, postgate=post, skip=skip)
+    ref = _ref_layer(*(a.astype(jnp.float64) for a in (x, k)), causal,
+                     *(a.astype(jnp.float64) for a in (pre, post, skip)))
+    tol = 4 * testing.tolerance(dtype)
+    assert _rel(y, ref) < tol and _rel(eager, ref) < tol
+    assert _rel(y, eager) < testing.tolerance(dtype)
+    plain = jax.jit(lambda a, b, c=causal: longconv.convolve(a, b, c))(x, k)
+    assert _rel(plain, _ref_layer(x.astype(jnp.float64), k.astype(jnp.float64), causal)) < tol
+
+
+@pytest.mark.gpu
+def test_gpu_jit_mixed_dtypes_and_shapes(rng, jax_gpu):
+    x, k = _on(jax_gpu, _rand(rng, (3, 500), jnp.float32), _rand(rng, (3, 77), jnp.bfloat16))
+    y = jax.jit(lambda a, b: longconv.convolve(a, b, pregate=jnp.float32(0.5)))(x, k)
+    assert y.dtype == jnp.float32
+    ref = 0.5 * _jnp_conv(x.astype(jnp.float64), k.astype(jnp.float64), True)
+    assert _rel(y, ref) < 4 * testing.tolerance("float32")
+    x1, k1 = _on(jax_gpu, _rand(rng, (300,), jnp.float16), _rand(rng, (40,), jnp.float16))
+    y1 = jax.jit(lambda a, b: longconv.convolve(a, b, False))(x1, k1)
+    assert y1.shape == (300,) and y1.dtype == jnp.float16
+    ref1 = _jnp_conv(x1.astype(jnp.float64), k1.astype(jnp.float64), False)
+    assert _rel(y1, ref1) < 4 * testing.tolerance("float16")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_gpu_jit_grad_matches_jnp_reference(rng, jax_gpu, dtype):
+    """Gradients of every operand, jitted and eager, against float64 jnp.fft on the host."""
+    x, k = _on(jax_gpu, _rand(rng, (2, 4, 300), dtype), _rand(rng, (4, 120), dtype))
+    pre, post, skip = _on(jax_gpu, _rand(rng, (4, 300), dtype), _rand(rng, (2, 1, 300), dtype),
+                          _rand(rng, (4,), dtype))
+    args = (x, k, pre, post, skip)
+    tol = 1e-11 if dtype == "float64" else 8 * testing.tolerance(dtype)
+    cpu = jax.devices("cpu")[0]
+    host_args = tuple(jax.device_put(a.astype(jnp.float64), cpu) for a in args)
+    wide = jnp.float64 if dtype == "float64" else jnp.float32
+    # a weighted sum of squares: well conditioned in every dtype (a sine of the output would
+    # amplify the output's rounding in 16 bits)
+    for causal in (True, False):
+        def loss(*a, c=causal):
+            y = longconv.convolve(a[0], a[1], c, pregate=a[2], postgate=a[3], skip=a[4])
+            return jnp.sum(y.astype(wide) ** 2 * jnp.linspace(0.5, 1.5, y.shape[-1], dtype=wide))
+
+        def ref(*a, c=causal):
+            y = _jnp_layer(a[0], a[1], c, a[2], a[3], a[4])
+            return jnp.sum(y ** 2 * jnp.linspace(0.5, 1.5, y.shape[-1]))
+
+        want = jax.jit(jax.grad(ref, argnums=_ALL))(*host_args)
+        for got in (jax.jit(jax.grad(loss, argnums=_ALL))(*args),
+                    jax.grad(loss, argnums=_ALL)(*args)):
+            for name, a, b in zip(("x", "k", "pregate", "postgate", "skip"), got, want,
+                                  strict=True):
+                assert a.shape == b.shape and a.dtype == jnp.dtype(dtype), name
+                assert next(iter(a.devices())) == jax_gpu, name
+                assert _rel(a, b) < tol, (name, causal, _rel(a, b))
+
+
+@pytest.mark.gpu
+def test_gpu_vmap_under_jit(rng, jax_gpu):
+    x, k, ks = _on(jax_gpu, _rand(rng, (5, 3, 400), jnp.float32), _rand(rng, (3, 250), jnp.float32),
+                   _rand(rng, (5, 3, 250), jnp.float32))
+    post = jax.device_put(_rand(rng, (5, 3, 400), jnp.float32), jax_gpu)
+    x64, k64, ks64, post64 = (a.astype(jnp.float64) for a in (x, k, ks, post))
+    tol = 4 * testing.tolerance("float32")
+    y = jax.jit(jax.vmap(lambda a, p: longconv.convolve(a, k, postgate=p)))(x, post)
+    assert _rel(y, _ref_layer(x64, k64, postgate=post64)) < tol
+    y = jax.jit(jax.vmap(lambda a, b: longconv.convolve(a, b, False)))(x, ks)
+    assert _rel(y, jax.vmap(lambda a, b: _jnp_layer(a, b, False))(x64, ks64)) < tol
+    xh = _on(jax_gpu, _rand(rng, (5, 3, 400), jnp.bfloat16))[0]
+    y = jax.jit(jax.vmap(lambda a: longconv.convolve(a, k.astype(jnp.bfloat16))))(xh)
+    assert y.dtype == jnp.bfloat16
+    assert _rel(y, _ref_layer(xh.astype(jnp.float64), k.astype(jnp.bfloat16).astype(
+        jnp.float64), True)) < 4 * testing.tolerance("bfloat16")
+    f = lambda x, k: jnp.sum(jnp.cos(longconv.convolve(x, k, False)))  # noqa: E731
+    r = lambda x, k: jnp.sum(jnp.cos(_jnp_conv(x, k, False)))  # noqa: E731
+    got = jax.jit(jax.vmap(jax.grad(f, (0, 1)), in_axes=(0, None)))(x, k)
+    want = jax.jit(jax.vmap(jax.grad(r, (0, 1)), in_axes=(0, None)))(x64, k64)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape and _rel(a, b) < tol
+
+
+@pytest.mark.gpu
+def test_gpu_jit_zero_copy_on_xla_stream(rng, jax_gpu, monkeypatch):
+    """Inside jit the callback sees the caller's buffers and writes the result's buffer, with
+    CuPy's current stream set to the stream XLA gave it."""
+    seen = []
+    monkeypatch.setattr(ljax, "_probe", seen.append)
+    x, k = _on(jax_gpu, _rand(rng, (4, 8, 1024), jnp.float16), _rand(rng, (8, 1024), jnp.float16))
+    f = jax.jit(lambda a, b: longconv.convolve(a, b))
+    y = f(x, k)
+    y.block_until_ready()
+    assert len(seen) == 1, seen
+    info = seen[0]
+    assert info["inputs"] == [x.unsafe_buffer_pointer(), k.unsafe_buffer_pointer()]
+    assert info["outputs"] == [y.unsafe_buffer_pointer()]
+    assert info["current_stream"] == info["stream"]
+    assert info["device"] == jax_gpu.id
+    ref = _ref_layer(x.astype(jnp.float64), k.astype(jnp.float64), True)
+    assert _rel(y, ref) < 4 * testing.tolerance("float16")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_gpu_jit_orders_with_surrounding_xla_work(rng, jax_gpu, dtype):
+    """In one jitted program with no synchronisation, the convolution reads an input written
+    only after a long XLA computation, and a later XLA op reads its result. On any stream but
+    XLA's it would read the input before it is written, or hand a stale output to the next op
+    (each run uses another input, so stale memory holds other values)."""
+    n, B, H, L = 2048, 4, 16, 4096
+
+    def program(a, w, zero, base, k):
+        for _ in range(24):  # unrolled: no loop predicate makes the host wait for the GPU
+            a = jnp.tanh(a @ w)
+        x = base + (zero * jnp.sum(a)).astype(base.dtype)  # == base, written after the chain
+        y = longconv.convolve(x, k)
+        return y, 2 * y + 1
+
+    a = jax.device_put(_rand(rng, (n, n), jnp.float32), jax_gpu)
+    w = jax.device_put(_rand(rng, (n, n), jnp.float32) / np.sqrt(n), jax_gpu)
+    zero = jax.device_put(jnp.float32(0), jax_gpu)
+    k = jax.device_put(_rand(rng, (H, L), dtype), jax_gpu)
+    run = jax.jit(program)
+    tol = 4 * testing.tolerance(dtype)
+    for _ in range(3):
+        base = jax.device_put(_rand(rng, (B, H, L), dtype), jax_gpu)
+        y, z = run(a, w, zero, base, k)
+        ref = testing.reference_convolve(np.asarray(base.astype(jnp.float64)),
+                                         np.asarray(k.astype(jnp.float64)))
+        assert _rel(y, ref) < tol
+        assert _rel(z, 2 * ref + 1) < tol
