@@ -24,8 +24,14 @@
   axis in one chunk.
 
 Filters (``in2`` / ``k``) and ``skip`` are small and held in memory: a dask filter is computed
-when the graph is built. Gates and ``skip`` are applied as lazy element-wise operations around
-the convolution.
+when the graph is built. The filter enters the graph once, as one task that every block depends
+on (a distributed worker fetches it once, not once per block). Gates and ``skip`` are applied as
+lazy element-wise operations around the convolution.
+
+CuPy-backed dask arrays (chunks that are ``cupy.ndarray``) are convolved chunk by chunk on the
+GPU and give a CuPy-backed result (its ``_meta`` is a CuPy array). The kind of ``x``'s chunks
+decides: a filter, gate or ``skip`` held as the other kind (a NumPy filter for CuPy chunks, say)
+is moved to the chunk's kind inside each task, on the worker that runs it.
 """
 
 from __future__ import annotations
@@ -46,20 +52,70 @@ def _in_memory(obj):
     return obj.compute() if is_dask(obj) else obj
 
 
+def _kind(a):
+    """``"cupy"`` for a CuPy array, ``"numpy"`` for a NumPy array, else ``None``."""
+    top = type(a).__module__.split(".", 1)[0]
+    return top if top in ("numpy", "cupy") else None
+
+
 def _xp(block):
-    if type(block).__module__.split(".", 1)[0] == "cupy":
+    if _kind(block) == "cupy":
         import cupy
 
         return cupy
     return np
 
 
+def _as_kind(a, kind):
+    """``a`` as an array of ``kind`` (``"numpy"`` or ``"cupy"``); unchanged if it is one."""
+    if kind == "cupy":
+        if _kind(a) == "cupy":
+            return a
+        import cupy
+
+        return cupy.asarray(a)
+    return a.get() if _kind(a) == "cupy" else a
+
+
 def _like(a, block):
     """``a`` (a filter) as the same kind of array as ``block`` (NumPy or CuPy)."""
-    xp = _xp(block)
-    if xp is np:
-        return a.get() if type(a).__module__.split(".", 1)[0] == "cupy" else a
-    return xp.asarray(a)
+    return _as_kind(a, "cupy" if _kind(block) == "cupy" else "numpy")
+
+
+def _graph_constant(a, x):
+    """``a`` (an in-memory filter) as one task of the graph, whose value is ``a`` as the kind of
+    ``x``'s chunks; block functions take it as an argument.
+
+    The graph holds ``a`` once, as a host (NumPy) array: it is serialised once (not with every
+    block's task) and needs no GPU where the graph is unpacked (a distributed scheduler). The
+    task moves it to the chunks' kind, so each worker computes or fetches it once and its
+    blocks share it.
+    """
+    import dask
+    from dask.base import tokenize
+
+    kind = "cupy" if _kind(x._meta) == "cupy" else "numpy"
+    host = _as_kind(a, "numpy")
+    return dask.delayed(_as_kind, pure=True)(
+        host, kind, dask_key_name=f"longconv-filter-{kind}-{tokenize(host)}")
+
+
+def _operand_like(a, x):
+    """A gate or ``skip`` (in memory or dask) whose blocks are the same kind as ``x``'s chunks.
+
+    Operands that already match (or are not arrays) are returned unchanged; the others become
+    dask arrays converted block by block, inside the tasks.
+    """
+    import dask.array as da
+    from dask.array.utils import meta_from_array
+
+    kind = "cupy" if _kind(x._meta) == "cupy" else "numpy"
+    own = _kind(a._meta) if is_dask(a) else _kind(a)
+    if own is None or own == kind:
+        return a
+    a = a if is_dask(a) else da.asarray(a)
+    return a.map_blocks(_as_kind, kind, dtype=a.dtype,
+                        meta=meta_from_array(x._meta, ndim=a.ndim, dtype=a.dtype))
 
 
 def _take(a, axis, start, stop):
@@ -90,35 +146,38 @@ def _check_halo(chunks, halo, axis_label, taps):
             raise rechunk_advice(axis_label, halo, c, taps)
 
 
-def _overlap_save(x, axis, halo, block_fn, out_dtype, axis_label, taps):
+def _overlap_save(x, axis, halo, block_fn, out_dtype, axis_label, taps, k):
     """Causal convolution of ``x`` (dask) along ``axis`` by overlap-save.
 
-    ``block_fn(ext, loc)`` convolves one extended block ``ext`` (halo + block along ``axis``)
-    causally and returns all ``ext.shape[axis]`` outputs; ``loc`` is the block's location
-    (``(start, stop)`` per axis) in ``x``. Returns a dask array with ``x``'s chunks.
+    ``block_fn(ext, loc, k)`` convolves one extended block ``ext`` (halo + block along
+    ``axis``) causally with the filter ``k`` and returns all ``ext.shape[axis]`` outputs;
+    ``loc`` is the block's location (``(start, stop)`` per axis) in ``x`` and ``k`` the value of
+    the graph constant ``k`` (:func:`_graph_constant`). Returns a dask array with ``x``'s
+    chunks.
     """
     import dask.array as da
 
     chunks = x.chunks[axis]
     meta = _meta(x, out_dtype)
     if halo == 0 or len(chunks) == 1:
-        def one(block, block_info=None):
-            return block_fn(block, block_info[0]["array-location"])
+        def one(block, kk, block_info=None):
+            return block_fn(block, block_info[0]["array-location"], kk)
 
-        return da.map_blocks(one, x, dtype=out_dtype, meta=meta)
+        return da.map_blocks(one, x, k, dtype=out_dtype, meta=meta)
     _check_halo(chunks, halo, axis_label, taps)
     ends = np.cumsum(chunks)
     tails = [da.zeros_like(_take(x, axis, 0, halo))]
     tails += [_take(x, axis, int(e) - halo, int(e)) for e in ends[:-1]]
     tails = da.concatenate(tails, axis=axis)
 
-    def extended(block, tail, block_info=None):
+    def extended(block, tail, kk, block_info=None):
         xp = _xp(block)
-        ext = xp.concatenate([tail.astype(block.dtype, copy=False), block], axis=axis)
-        y = block_fn(ext, block_info[0]["array-location"])
+        ext = xp.concatenate([_like(tail, block).astype(block.dtype, copy=False), block],
+                             axis=axis)
+        y = block_fn(ext, block_info[0]["array-location"], kk)
         return _take(y, axis, halo, None)
 
-    return da.map_blocks(extended, x, tails, dtype=out_dtype, meta=meta)
+    return da.map_blocks(extended, x, tails, k, dtype=out_dtype, meta=meta)
 
 
 def _pad_right(x, axis, pad):
@@ -182,20 +241,23 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     label = -1 if axis == x.ndim - 1 else axis
     kw = dict(precision=precision, freq_keep=freq_keep, workers=workers)
 
-    def filter_for(loc):
-        idx = tuple(slice(None) if i == axis or k.shape[i] == 1 else slice(*loc[i])
-                    for i in range(k.ndim))
-        return k[idx]
+    kshape = k.shape
 
+    def filter_for(kk, loc):
+        idx = tuple(slice(None) if i == axis or kshape[i] == 1 else slice(*loc[i])
+                    for i in range(len(kshape)))
+        return kk[idx]
+
+    kd = _graph_constant(k, x)
     if len(x.chunks[axis]) == 1:
-        def whole(block, block_info=None):
-            kb = _like(filter_for(block_info[0]["array-location"]), block)
+        def whole(block, kk, block_info=None):
+            kb = _like(filter_for(kk, block_info[0]["array-location"]), block)
             return in_memory(block, kb, mode=mode, axes=axis, **kw)
 
         L_out = {"full": L + Lk - 1, "same": L, "valid": L - Lk + 1, "circular": L}[mode]
         chunks = list(x.chunks)
         chunks[axis] = (L_out,)
-        return da.map_blocks(whole, x, chunks=tuple(chunks), dtype=io, meta=_meta(x, io))
+        return da.map_blocks(whole, x, kd, chunks=tuple(chunks), dtype=io, meta=_meta(x, io))
     if mode == "circular" or freq_keep is not None:
         raise NotImplementedError(
             "mode='circular' and freq_keep depend on the whole signal: rechunk the time axis "
@@ -205,12 +267,12 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     start, L_out = output_window(mode, L, Lk)
     halo = Lk - 1
 
-    def causal(ext, loc):
-        y = in_memory(ext, _like(filter_for(loc), ext), mode="full", axes=axis, **kw)
+    def causal(ext, loc, kk):
+        y = in_memory(ext, _like(filter_for(kk, loc), ext), mode="full", axes=axis, **kw)
         return _take(y, axis, 0, ext.shape[axis])
 
     xpad = _pad_right(x, axis, start + L_out - L)
-    y = _overlap_save(xpad, axis, halo, causal, io, label, Lk)
+    y = _overlap_save(xpad, axis, halo, causal, io, label, Lk, kd)
     return _take(y, axis, start, start + L_out)
 
 
@@ -255,31 +317,36 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     per_channel = k.ndim == 2 and k.shape[0] > 1
     kw = dict(precision=precision, freq_keep=freq_keep)
 
-    def filter_for(loc):
-        return k[slice(*loc[-2])] if per_channel else k
+    def filter_for(kk, loc):
+        return kk[slice(*loc[-2])] if per_channel else kk
 
+    kd = _graph_constant(k, x)
+    # gates and skip held as the other kind of array than x's chunks move to their kind
+    pregate, postgate, skip = (None if a is None else _operand_like(a, x)
+                               for a in (pregate, postgate, skip))
     # the product takes the finer of both chunkings: keep x's, which the caller chose
     xg = x if pregate is None else (x * pregate).rechunk(x.chunks)
     if len(xg.chunks[-1]) == 1:
-        def whole(block, block_info=None):
-            kb = _like(filter_for(block_info[0]["array-location"]), block)
+        def whole(block, kk, block_info=None):
+            kb = _like(filter_for(kk, block_info[0]["array-location"]), block)
             return in_memory(block, kb, causal=causal, **kw)
 
-        y = da.map_blocks(whole, xg, dtype=io, meta=_meta(xg, io))
+        y = da.map_blocks(whole, xg, kd, dtype=io, meta=_meta(xg, io))
     else:
         if freq_keep is not None:
             raise NotImplementedError(
                 "freq_keep depends on the whole signal: rechunk the time axis into one chunk, "
                 "x.rechunk({-1: -1})")
 
-        def causal_block(ext, loc):
-            return in_memory(ext, _like(filter_for(loc), ext), causal=True, **kw)
+        def causal_block(ext, loc, kk):
+            return in_memory(ext, _like(filter_for(kk, loc), ext), causal=True, **kw)
 
         if causal:
-            y = _overlap_save(xg, -1, min(Lk, L) - 1, causal_block, io, -1, Lk)
+            y = _overlap_save(xg, -1, min(Lk, L) - 1, causal_block, io, -1, Lk, kd)
         else:
             start = (Lk - 1) // 2
-            y = _overlap_save(_pad_right(xg, -1, start), -1, Lk - 1, causal_block, io, -1, Lk)
+            y = _overlap_save(_pad_right(xg, -1, start), -1, Lk - 1, causal_block, io, -1, Lk,
+                              kd)
             y = y[..., start:start + L]
     if postgate is not None:
         y = y * postgate

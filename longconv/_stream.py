@@ -27,6 +27,7 @@ Modes, as windows of the full linear convolution ``full[t] = sum_s k[s] x[t-s]``
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -78,7 +79,9 @@ class StreamConvolver:
         else float32).
     device : {"cpu", "gpu"}, default "cpu"
         ``"gpu"`` runs the FFTs through CuPy on the current CUDA device; blocks in and out are
-        host (NumPy) arrays either way.
+        host (NumPy) arrays either way (each input block is copied to the device once, in its
+        ``(frames, channels)`` layout, and each output block back, already in that layout).
+        ``k`` may then be a CuPy array.
     workers : int, optional
         ``scipy.fft`` threads on the CPU (default: every usable core; the channels' FFTs run in
         parallel).
@@ -94,7 +97,7 @@ class StreamConvolver:
             raise ValueError(f"mode must be one of {', '.join(STREAM_MODES)}; got {mode!r}")
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
-        k = np.asarray(k)
+        k = k.get() if type(k).__module__.split(".", 1)[0] == "cupy" else np.asarray(k)
         if k.ndim not in (1, 2) or k.shape[0] == 0 or k.size == 0:
             raise ValueError(f"k must have shape (Lk,) or (Lk, Ck) with Lk >= 1; got {k.shape}")
         if k.dtype.kind not in "biuf":
@@ -129,8 +132,11 @@ class StreamConvolver:
 
             self._xp = cupy
             self._fft = cupy.fft
+            # the device the filter spectrum and the segment live on: every later call works
+            # there, whichever device is current then
+            self._device = cupy.cuda.Device()
         else:
-            self._xp, self._fft = np, None
+            self._xp, self._fft, self._device = np, None, None
         xp = self._xp
         kt = xp.asarray(np.ascontiguousarray(k2.T, dtype=self.dtype))
         self._K = self._rfft(kt, n)
@@ -158,19 +164,20 @@ class StreamConvolver:
                             overwrite_x=True)
 
     def _segment(self):
-        """Convolve the full segment; returns the ``hop`` new outputs (C, hop) on the host."""
-        n, Lk, xp = self.fft_size, self.taps, self._xp
+        """Convolve the full segment; returns the ``hop`` new outputs (C, hop), on the device
+        of the computation."""
+        n, Lk = self.fft_size, self.taps
         X = self._rfft(self._seg, n)
         X *= self._K
         y = self._irfft(X, n)[:, Lk - 1:]
         if Lk > 1:
             self._seg[:, :Lk - 1] = self._seg[:, n - Lk + 1:].copy()
         self._fill = Lk - 1
-        return y if xp is np else xp.asnumpy(y)
+        return y
 
     def _emit(self, y, end=None):
         """Keep the outputs of ``y`` (full-convolution indices from ``self._produced``) that
-        fall in the mode's window ``[start, end)``; returns them as (frames, C)."""
+        fall in the mode's window ``[start, end)``; returns them as (frames, C) on the host."""
         t0 = self._produced
         self._produced += y.shape[1]
         lo = max(self._start - t0, 0)
@@ -178,14 +185,24 @@ class StreamConvolver:
         if hi <= lo:
             return None
         self._emitted += hi - lo
-        return y[:, lo:hi].T
+        if self._xp is np:
+            return y[:, lo:hi].T
+        # transpose on the device: the host receives (frames, C) rows, C-contiguous
+        return self._xp.asnumpy(self._xp.ascontiguousarray(y[:, lo:hi].T))
 
     # -- public -------------------------------------------------------------------------
+
+    def _on_device(self):
+        return contextlib.nullcontext() if self._device is None else self._device
 
     def push(self, block):
         """Feed the next ``(frames, channels)`` block; returns the outputs now final."""
         if self._finished:
             raise RuntimeError("push after finish")
+        with self._on_device():
+            return self._push(block)
+
+    def _push(self, block):
         block = np.asarray(block)
         if block.ndim == 1:
             block = block[:, None]
@@ -196,11 +213,13 @@ class StreamConvolver:
         pos, m = 0, block.shape[0]
         self._received += m
         n = self.fft_size
+        if self._xp is not np and m:
+            # one host-to-device copy of the whole block, in its (frames, C) layout
+            block = self._xp.asarray(np.ascontiguousarray(block))
         while pos < m:
             take = min(n - self._fill, m - pos)
             dst = self._seg[:, self._fill:self._fill + take]
-            src = self._xp.asarray(block[pos:pos + take].T)
-            dst[...] = src
+            dst[...] = block[pos:pos + take].T
             self._fill += take
             pos += take
             if self._fill == n:
@@ -214,6 +233,10 @@ class StreamConvolver:
         if self._finished:
             raise RuntimeError("finish called twice")
         self._finished = True
+        with self._on_device():
+            return self._finish()
+
+    def _finish(self):
         end = self._start + output_frames(self.mode, self._received, self.taps)
         out = []
         while self._produced < end:
@@ -227,7 +250,10 @@ class StreamConvolver:
     def _join(self, parts):
         if not parts:
             return np.empty((0, self.out_channels), dtype=self.dtype)
-        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts, axis=0)
+        if len(parts) > 1:
+            return np.concatenate(parts, axis=0)
+        # a CPU part is a view of the segment's transform; a GPU part is already a new array
+        return parts[0].copy() if self._xp is np else parts[0]
 
 
 def stream_convolve(blocks: Iterable, k, *, mode="full", block_len=None, dtype=None,

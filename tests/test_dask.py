@@ -125,17 +125,6 @@ def test_lazy_until_computed(rng):
     assert calls
 
 
-@pytest.mark.gpu
-def test_cupy_backed_dask(cp, rng):
-    x = rng.standard_normal((4, 3, 2000)).astype(np.float32)
-    k = rng.standard_normal((3, 400)).astype(np.float32)
-    xd = da.from_array(cp.asarray(x), chunks=(2, 3, 700))
-    y = longconv.convolve(xd, cp.asarray(k))
-    out = y.compute()
-    assert isinstance(out, cp.ndarray)
-    close(cp.asnumpy(out), longconv.convolve(x, k), np.float32)
-
-
 def test_fftconvolve_kernel_len_precision_with_time_chunks(rng):
     x = rng.standard_normal((3, 700))
     k = rng.standard_normal((1, 200))
@@ -164,3 +153,137 @@ def test_dask_filter_and_numpy_signal(rng):
     y = longconv.convolve(x, da.from_array(k, chunks=(2, 25)))
     assert isinstance(y, da.Array)
     close(y.compute(), longconv.convolve(x, k), np.float64)
+
+
+def test_filter_is_one_task_of_the_graph(rng):
+    # a distributed scheduler ships every task on its own: the filter must not ride in each
+    cloudpickle = pytest.importorskip("cloudpickle")
+    k = rng.standard_normal((4, 5000))
+    for chunks in ((1, 4, 12000), (2, 4, 6000)):
+        # random chunks: their tasks hold a seed, not data
+        xd = da.random.RandomState(int(rng.integers(1 << 30))).standard_normal(
+            (8, 4, 12000), chunks=chunks)
+        for y in (longconv.convolve(xd, k, causal=False),
+                  longconv.fftconvolve_long(xd, k[None], mode="valid", axes=-1)):
+            graph = dict(y.__dask_graph__())
+            carriers = [name for name in graph if "longconv-filter" in str(name)]
+            assert len(carriers) == 1
+            assert len(cloudpickle.dumps(graph[carriers[0]])) > k.nbytes
+            assert max(len(cloudpickle.dumps(t)) for name, t in graph.items()
+                       if name not in carriers) < k.nbytes // 8
+            x = xd.compute()
+            ref = (longconv.convolve(x, k, causal=False) if y.shape == x.shape
+                   else longconv.fftconvolve_long(x, k[None], mode="valid", axes=-1))
+            close(y.compute(), ref, np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# CuPy-backed dask arrays (chunks on the GPU)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunks", [((2, 2), 3, 2000), (4, (1, 2), (700, 700, 600)),
+                                    ((1, 3), 3, (401, 1599))])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cupy_backed_convolve(cp, rng, chunks, causal, dtype):
+    x = rng.standard_normal((4, 3, 2000)).astype(dtype)
+    k = rng.standard_normal((3, 400)).astype(dtype)
+    xd = da.from_array(cp.asarray(x), chunks=chunks)
+    assert isinstance(xd._meta, cp.ndarray)
+    y = longconv.convolve(xd, cp.asarray(k), causal=causal)
+    assert isinstance(y, da.Array) and isinstance(y._meta, cp.ndarray)
+    assert y.chunks[:-1] == xd.chunks[:-1] and y.dtype == dtype
+    blocks = y.to_delayed().ravel()
+    assert all(isinstance(b.compute(), cp.ndarray) for b in blocks[:2])
+    out = y.compute()
+    assert isinstance(out, cp.ndarray) and out.dtype == dtype and out.shape == x.shape
+    testing.assert_close(out, testing.reference_convolve(x, k, causal), dtype)
+
+
+@pytest.mark.gpu
+def test_cupy_chunks_with_numpy_filter_gates_and_skip(cp, rng):
+    # operands held as NumPy (or as a NumPy-backed dask array) move to the chunks' GPU
+    x = rng.standard_normal((2, 5, 900)).astype(np.float32)
+    k = rng.standard_normal((5, 300)).astype(np.float32)
+    pre = rng.standard_normal((2, 5, 900)).astype(np.float32)
+    post = rng.standard_normal((5, 900)).astype(np.float32)
+    skip = rng.standard_normal(5).astype(np.float32)
+    xd = da.from_array(cp.asarray(x), chunks=(1, 2, 300))
+    for kw in (dict(pregate=da.from_array(pre, chunks=(1, 5, 450)), postgate=post,
+                    skip=cp.asarray(skip)),
+               dict(pregate=cp.asarray(pre), postgate=da.from_array(post), skip=skip)):
+        y = longconv.convolve(xd, k, kernel_len=250, **kw)
+        assert isinstance(y._meta, cp.ndarray) and y.dtype == np.float32
+        out = y.compute()
+        assert isinstance(out, cp.ndarray)
+        ref = testing.reference_convolve(x, k, pregate=pre, postgate=post, skip=skip,
+                                         kernel_len=250)
+        testing.assert_close(out, ref, np.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+def test_cupy_backed_fftconvolve_time_chunks_axis0(cp, rng, mode):
+    # audio layout: (frames, channels), time chunked, one filter broadcast over channels
+    x = rng.standard_normal((3000, 4))
+    k = rng.standard_normal((500, 1))
+    xd = da.from_array(cp.asarray(x), chunks=((1000, 1200, 800), 2))
+    y = longconv.fftconvolve_long(xd, k, mode=mode, axes=0)
+    ref = scipy.signal.fftconvolve(x, k, mode=mode, axes=0)
+    assert isinstance(y._meta, cp.ndarray) and y.shape == ref.shape and y.dtype == ref.dtype
+    out = y.compute()
+    assert isinstance(out, cp.ndarray)
+    testing.assert_close(out, ref, np.float64)
+
+
+@pytest.mark.gpu
+def test_cupy_backed_fftconvolve_one_time_chunk_circular(cp, rng):
+    x = rng.standard_normal((6, 1024)).astype(np.float32)
+    k = rng.standard_normal((1, 1500)).astype(np.float32)
+    xd = da.from_array(cp.asarray(x), chunks=(4, 1024))
+    y = longconv.fftconvolve_long(xd, cp.asarray(k), mode="circular", axes=-1)
+    assert isinstance(y._meta, cp.ndarray) and y.dtype == np.float32
+    out = y.compute()
+    assert isinstance(out, cp.ndarray)
+    testing.assert_close(out, testing.reference_fftconvolve(x, k, mode="circular", axes=-1),
+                         np.float32)
+
+
+@pytest.mark.gpu
+def test_numpy_chunks_with_cupy_filter(cp, rng):
+    # the other way round: NumPy chunks stay on the CPU, a CuPy filter comes to the host
+    x = rng.standard_normal((2, 3, 1200))
+    k = rng.standard_normal((3, 200))
+    y = longconv.convolve(da.from_array(x, chunks=(1, 3, 600)), cp.asarray(k))
+    assert isinstance(y._meta, np.ndarray)
+    out = y.compute()
+    assert isinstance(out, np.ndarray)
+    testing.assert_close(out, testing.reference_convolve(x, k), np.float64)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_local_cuda_cluster(cp, rng, scheduler):
+    # one worker per GPU (dask-cuda); every chunk computed where it lives
+    if scheduler != "synchronous":
+        pytest.skip("the cluster brings its own scheduler: one run is enough")
+    pytest.importorskip("distributed", reason="needs distributed")
+    dask_cuda = pytest.importorskip("dask_cuda")  # the skip names the import error
+    from distributed import Client, wait
+
+    x = rng.standard_normal((8, 4, 4096)).astype(np.float32)
+    k = rng.standard_normal((4, 1000)).astype(np.float32)
+    with dask_cuda.LocalCUDACluster(n_workers=min(2, cp.cuda.runtime.getDeviceCount()),
+                                    threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        xd = da.from_array(x, chunks=(2, 4, (2048, 2048))).map_blocks(cp.asarray)
+        assert isinstance(xd._meta, cp.ndarray)
+        y = longconv.convolve(xd, k).persist()
+        wait(y)
+        placed = client.who_has(y)
+        assert len(placed) == y.npartitions and all(placed.values())
+        out = client.compute(y.map_blocks(cp.asnumpy, meta=np.empty((0, 0, 0), np.float32)))
+        testing.assert_close(out.result(), testing.reference_convolve(x, k), np.float32)
+        if len(cluster.workers) > 1:
+            assert len({w for ws in placed.values() for w in ws}) > 1

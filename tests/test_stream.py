@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import types
+
 import numpy as np
 import pytest
 import scipy.signal
@@ -98,9 +102,124 @@ def test_errors():
         list(longconv.stream_convolve([], np.ones(3)))
 
 
+class NumpyAsCupy:
+    """NumPy posing as the ``cupy`` module: runs StreamConvolver's device branch on the CPU and
+    counts the copies between host and "device"."""
+
+    def __init__(self):
+        self.cuda = types.SimpleNamespace(Device=contextlib.nullcontext)
+        self.fft = np.fft
+        self.zeros = np.zeros
+        self.ascontiguousarray = np.ascontiguousarray
+        self.to_device = 0
+        self.to_host = 0
+
+    def asarray(self, a):
+        self.to_device += 1
+        return np.array(a)
+
+    def asnumpy(self, a):
+        self.to_host += 1
+        return np.array(a)
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "causal"])
+@pytest.mark.parametrize("C, Ck", [(2, 2), (1, 3), (3, 1)])
+def test_device_branch_layout_and_copies(rng, monkeypatch, mode, C, Ck):
+    fake = NumpyAsCupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    x = rng.standard_normal((9000, C))
+    k = rng.standard_normal((700, Ck))
+    conv = StreamConvolver(k, C, mode=mode, block_len=1500, device="gpu")
+    assert fake.to_device == 1  # the filter
+    sizes = [2000, 0, 1, 3999, 3000]
+    parts = [conv.push(b) for b in pieces(x, sizes)] + [conv.finish()]
+    # one copy per non-empty block in, one per FFT segment out
+    assert fake.to_device == 1 + sum(1 for b in pieces(x, sizes) if len(b))
+    assert conv._produced % conv.hop == 0
+    assert fake.to_host == conv._produced // conv.hop
+    for p in parts:
+        assert isinstance(p, np.ndarray) and p.dtype == np.float64
+        assert p.flags.c_contiguous and p.flags.owndata and p.shape[1] == max(C, Ck)
+    y = np.concatenate(parts)
+    testing.assert_close(y, reference(x, k, mode), np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# on a GPU
+
+
+def in_memory(x, k, mode):
+    """``longconv.fftconvolve_long`` on the whole signal (mono x with Ck filters broadcast)."""
+    x2, k2 = x.reshape(len(x), -1), k.reshape(len(k), -1)
+    full = longconv.fftconvolve_long(x2, k2, mode="full", axes=0)
+    if mode == "causal":
+        return full[:len(x2)]
+    if mode == "same":
+        s = (len(k2) - 1) // 2
+        return full[s:s + len(x2)]
+    return full
+
+
 @pytest.mark.gpu
-def test_gpu_matches_cpu(rng):
-    x = rng.standard_normal((30000, 2))
-    k = rng.standard_normal((2000, 2))
-    y = np.concatenate(list(longconv.stream_convolve(pieces(x, [4096]), k, device="gpu")))
-    testing.assert_close(y, reference(x, k, "full"), np.float64)
+@pytest.mark.parametrize("mode", ["full", "same", "causal"])
+@pytest.mark.parametrize("Lk, C, Ck, block_len", [
+    (1, 1, 1, None), (97, 3, 3, 50), (1000, 1, 2, 300), (4097, 2, 2, None),
+    (30000, 2, 1, None),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_matches_in_memory(rng, mode, Lk, C, Ck, block_len, dtype):
+    x = rng.standard_normal((20011, C)).astype(dtype)
+    k = rng.standard_normal((Lk, Ck)).astype(dtype)
+    blocks = pieces(x, [1, 777, 5000, 3, 0])
+    out = list(longconv.stream_convolve(blocks, k, mode=mode, block_len=block_len,
+                                        device="gpu"))
+    for y in out:
+        assert isinstance(y, np.ndarray) and y.dtype == dtype and y.flags.c_contiguous
+    y = np.concatenate(out)
+    ref = in_memory(x, k, mode)
+    assert y.shape == ref.shape
+    testing.assert_close(y, ref, dtype)
+    testing.assert_close(y, reference(x.astype(np.float64), k.astype(np.float64), mode), dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_equals_cpu_stream_and_push_finish(cp, rng):
+    x = rng.standard_normal((50000, 2))
+    k = rng.standard_normal((3000, 2))
+    cpu = np.concatenate(list(longconv.stream_convolve(pieces(x, [4096]), k)))
+    conv = StreamConvolver(cp.asarray(k), 2, mode="full", block_len=2000, device="gpu")
+    parts = [conv.push(b) for b in pieces(x, [999, 1, 12000])] + [conv.finish()]
+    gpu = np.concatenate(parts)
+    assert gpu.shape == cpu.shape == (50000 + 3000 - 1, 2)
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-10 * np.abs(cpu).max())
+    testing.assert_close(gpu, reference(x, k, "full"), np.float64)
+    with pytest.raises(RuntimeError):
+        conv.push(x[:10])
+
+
+@pytest.mark.gpu
+def test_gpu_float32_long_filter_defaults(rng):
+    # the default segment (4x a 1-second filter) and float32 audio blocks
+    x = rng.uniform(-0.5, 0.5, (5 * 48000, 2)).astype(np.float32)
+    k = (rng.standard_normal((48000, 2)) * np.exp(-np.arange(48000) / 8000)[:, None])
+    k = k.astype(np.float32)
+    y = np.concatenate(list(longconv.stream_convolve(pieces(x, [48000]), k, device="gpu")))
+    assert y.dtype == np.float32
+    testing.assert_close(y, longconv.fftconvolve_long(x, k, mode="full", axes=0), np.float32)
+
+
+@pytest.mark.gpu
+def test_gpu_stays_on_its_device(cp, rng):
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    x = rng.standard_normal((9000, 2))
+    k = rng.standard_normal((700, 2))
+    with cp.cuda.Device(1):
+        conv = StreamConvolver(k, 2, block_len=1000, device="gpu")
+    assert conv._seg.device.id == 1
+    parts = [conv.push(x[:5000])]  # device 0 is current here
+    with cp.cuda.Device(0):
+        parts += [conv.push(x[5000:]), conv.finish()]
+    assert cp.cuda.Device().id == 0
+    testing.assert_close(np.concatenate(parts), reference(x, k, "full"), np.float64)
