@@ -208,7 +208,34 @@ def _host_forward(x, k, pregate, postgate, skip, *, causal, precision, kernel_le
     return (np.asarray(y).astype(x.dtype, copy=False),)
 
 
-def _backward(g, u, k, *, causal, kernel_len, xp=np, fft=None):
+def _fused_backward(g, u, k, *, causal, kernel_len):
+    """``(du, dk)`` of :func:`_backward` from one launch of the fused backward kernel (CuPy
+    arrays, FFT sizes it serves), or None: ``u`` plays x (pregate already applied) and ``g``
+    plays dy (postgate applied), in float32 with fp16 tensor-core arithmetic."""
+    try:
+        from longconv import _fused
+    except ImportError:
+        return None
+    import cupy
+
+    L = g.shape[-1]
+    H = g.shape[-2]
+    Hk, Lk = k.shape
+    m = Lk if kernel_len is None else min(Lk, kernel_len)
+    plan = _fused.make_plan(cupy.ascontiguousarray(k[:, :m]), L,
+                            mode="causal" if causal else "same", io_dtype="float32",
+                            precision="half")
+    if plan is None or not plan.backward_supported:
+        return None
+    res = plan.backward(cupy.ascontiguousarray(u.reshape(-1, H, L), dtype=cupy.float32),
+                        cupy.ascontiguousarray(g.reshape(-1, H, L), dtype=cupy.float32),
+                        need_x=True, need_k=True)
+    dk = cupy.zeros((Hk, Lk), dtype=g.dtype)
+    dk[:, :m] = res["k"]
+    return res["x"].reshape(g.shape).astype(g.dtype, copy=False), dk
+
+
+def _backward(g, u, k, *, causal, kernel_len, xp=np, fft=None, half=False):
     """``du`` and ``dk`` of ``c = conv(u, k)`` for the cotangent ``g`` of ``c``.
 
     ``g`` and ``u``: ``(..., H, L)`` in the accumulation dtype; ``k``: ``(Hk, Lk)``. ``dk`` is
@@ -217,6 +244,10 @@ def _backward(g, u, k, *, causal, kernel_len, xp=np, fft=None):
     """
     import longconv
 
+    if half and xp is not np and g.dtype == np.float32:
+        fused = _fused_backward(g, u, k, causal=causal, kernel_len=kernel_len)
+        if fused is not None:
+            return fused
     if fft is None:
         import scipy.fft as fft
 
@@ -391,7 +422,7 @@ def _warn_host_round_trip():
 
 
 @functools.cache
-def _core(causal, has_pre, has_post, has_skip, precision, kernel_len, bf16, route):
+def _core(causal, has_pre, has_post, has_skip, precision, kernel_len, bf16, route, half=False):
     """The custom_vjp function of ``(x, k, pregate, postgate, skip)`` for one configuration.
 
     Shapes are normalised by :func:`convolve`: ``x`` ``(..., H, L)``, ``k`` ``(Hk, Lk)``, gates
@@ -414,7 +445,8 @@ def _core(causal, has_pre, has_post, has_skip, precision, kernel_len, bf16, rout
             fft = None
         else:
             import cupyx.scipy.fft as fft
-        fn = functools.partial(_backward, causal=causal, kernel_len=kernel_len, xp=xp, fft=fft)
+        fn = functools.partial(_backward, causal=causal, kernel_len=kernel_len, xp=xp, fft=fft,
+                               half=half)
         return _per_lead(fn, g.ndim - nd, (g, u, k), None, xp)
 
     # -- the host route: jax.pure_callback
@@ -594,7 +626,11 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
         route = "auto" if _buffer_callback() is not None else "host"
         if route == "host":
             _warn_host_round_trip()
+    # fp16/bf16 data (or precision="half"): the GPU backward may use the fused kernel, whose
+    # tensor-core arithmetic is fp16 (the forward's accuracy)
+    half = (x.dtype in (jax.numpy.float16, jax.numpy.bfloat16) or precision == "half") and \
+        precision not in ("single", "double")
     f = _core(causal, ops["pregate"] is not None, ops["postgate"] is not None,
-              s is not None, precision, kernel_len, bool(bf16), route)
+              s is not None, precision, kernel_len, bool(bf16), route, half)
     y = f(*args)
     return y.reshape(shape)

@@ -522,6 +522,35 @@ def test_gpu_jit_grad_matches_jnp_reference(rng, jax_gpu, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_gpu_jit_grad_uses_the_fused_backward(rng, jax_gpu, dtype, monkeypatch):
+    """16-bit data under jit on the GPU: du and dk come from one fused backward launch."""
+    from longconv import _fused
+
+    calls = []
+    real = _fused.FusedPlan.backward
+
+    def spy(self, *a, **kw):
+        calls.append((self.n, self.mode))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(_fused.FusedPlan, "backward", spy)
+    x, k = _on(jax_gpu, _rand(rng, (3, 4, 1000), dtype), _rand(rng, (4, 1000), dtype))
+
+    def loss(x, k):
+        return jnp.sum(longconv.convolve(x, k).astype(jnp.float32) ** 2)
+
+    gx, gk = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k)
+    assert calls == [(2048, "causal")]
+    cpu = jax.devices("cpu")[0]
+    hx, hk = (jax.device_put(a.astype(jnp.float64), cpu) for a in (x, k))
+    wx, wk = jax.jit(jax.grad(lambda x, k: jnp.sum(_jnp_layer(x, k, True, None, None, None) ** 2),
+                              argnums=(0, 1)))(hx, hk)
+    assert _rel(gx, wx) < 8 * testing.tolerance(dtype)
+    assert _rel(gk, wk) < 8 * testing.tolerance(dtype)
+
+
+@pytest.mark.gpu
 def test_gpu_vmap_under_jit(rng, jax_gpu):
     x, k, ks = _on(jax_gpu, _rand(rng, (5, 3, 400), jnp.float32), _rand(rng, (3, 250), jnp.float32),
                    _rand(rng, (5, 3, 250), jnp.float32))
