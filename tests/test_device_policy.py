@@ -49,6 +49,9 @@ def spy_backend(monkeypatch):
 
     monkeypatch.setattr(_plan, "_select_backend", spy)
     monkeypatch.setattr(_signaltools, "_select_backend", spy)
+    # the plan's array module is looked up before the backend: NumPy stands in for CuPy
+    # (which may not be installed) until the spy stops the call
+    monkeypatch.setattr(_arrays, "xp_for", lambda device: np)
     return seen
 
 

@@ -213,6 +213,9 @@ def test_fuzz_convolve(x, k, gate, skip, causal):
     xa = np.asarray(x)
     assert y.shape == xa.shape
     ref = testing.reference_convolve(x, k, causal, pregate=gate, skip=skip)
+    if y.dtype.kind == "f":
+        with np.errstate(over="ignore"):  # what the output dtype can hold (fp16 overflows)
+            ref = ref.astype(y.dtype).astype(ref.dtype)
     finite = np.isfinite(ref)
     assert np.all(np.isnan(y[~finite]) | ~np.isfinite(y[~finite]))
     if finite.any():
