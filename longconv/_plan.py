@@ -25,8 +25,8 @@ _REAL_TO_COMPLEX = {
 #
 # A problem given as NumPy arrays with no device requested runs on a GPU when the CPU backend's
 # estimated time exceeds the GPU's, copies included, by GPU_WIN_MARGIN; else on the CPU. The
-# constants are estimates (to be confirmed by timing both sides on a GPU machine), chosen so
-# that a wrong guess costs little: the GPU is taken only where it should win clearly.
+# constants are estimates calibrated on the measurements below, chosen so that a wrong guess
+# costs little: the GPU is taken only where it should win clearly.
 #
 # CPU: cost ~ rows * n * log2(n) ("units": two FFTs of size n per row, the filter spectrum
 # once), n the FFT size (overlap-add blocks of OA_BLOCK_FACTOR * Lk when the filter is short).
@@ -35,17 +35,29 @@ _REAL_TO_COMPLEX = {
 # (speed-ups 2.0 and 6.3: about cores ** 0.66, memory bandwidth limits); float64 took 1.5x
 # float32. The overlap-add case (8, 2**22) * (4097,) ran 2.5x slower per unit than this model
 # says, so the model errs towards the CPU.
+# Measured beside an H100 on a 16-core Xeon (float32, causal, full-length shared filter; CPU
+# ms / GPU ms, NumPy in and out): 1 x 2**18: 27.6 / 1.3; 1 x 2**20: 92.6 / 2.1; 1 x 2**22:
+# 448 / 7.9; 16 x 2**16: 18.7 / 2.5; 64 x 2**16: 35.9 / 6.5; 256 x 2**16: 63.9 / 42.3. Two
+# corrections follow from it: the backend's threads split rows, and only pay off with about
+# CPU_ROWS_PER_THREAD rows each (16 rows ran at one thread's speed, 64 at 2.3x, 256 at 5.3x);
+# and transforms longer than CPU_CACHE_N points (out of cache) cost CPU_LARGE_FACTOR more per
+# unit (single rows of 2**18 .. 2**22 samples: 3.6-4.7x).
 CPU_SECONDS_PER_UNIT = 5.6e-10
 CPU_CORE_EXPONENT = 0.66
 CPU_DOUBLE_FACTOR = 1.5
-# GPU: the data crosses PCIe twice (x, gates and the filter in, y out). PCIe 4.0 x16 moves about
+CPU_ROWS_PER_THREAD = 16
+CPU_CACHE_N = 1 << 18
+CPU_LARGE_FACTOR = 4.0
+# GPU: the data crosses PCIe twice (x, gates and the filter in, y out). PCIe moves about
 # 25 GB/s each way from pinned memory; NumPy arrays are pageable and CUDA stages them through a
-# pinned buffer, about half that. Each call also pays a fixed cost (plan and filter spectrum,
-# a dozen launches, allocation, the synchronising copy back): about 1 ms assumed. cuFFT on an
+# pinned buffer: 6 GB/s measured on the H100 machine above (copies alone), 3.2 GB/s effective
+# with the work (256 x 2**16: 134 MB in 42 ms); 4 GB/s assumed. Each call also pays a fixed
+# cost (plan and filter spectrum, a dozen launches, allocation, the synchronising copy back):
+# about 1 ms (1 x 2**18 above: 1.3 ms with its 3 MB of copies). cuFFT on an
 # H100-class GPU moves the FFT passes at ~1-3 TB/s: ~1e-12 s/unit, small beside the copies.
 # The first GPU call of a process also pays CUDA's start-up and kernel compilation (a fraction
 # of a second, once), which the model leaves out.
-HOST_LINK_BYTES_PER_SECOND = 12e9
+HOST_LINK_BYTES_PER_SECOND = 4e9
 GPU_CALL_SECONDS = 1e-3
 GPU_SECONDS_PER_UNIT = 1e-12
 GPU_WIN_MARGIN = 2.0
@@ -102,9 +114,12 @@ def cpu_seconds_estimate(rows, L, Lk, mode, *, double=False, is_complex=False, w
     if mode != "circular" and nb < n:
         blocks = -(-full // (nb - Lk + 1))
         units = min(units, blocks * nb * math.log2(nb))
+    if n > CPU_CACHE_N:
+        units *= CPU_LARGE_FACTOR
     units *= rows
     cores = max(1, _usable_cores() if workers is None else workers)
-    seconds = units * CPU_SECONDS_PER_UNIT / cores ** CPU_CORE_EXPONENT
+    threads = max(1.0, min(cores, rows / CPU_ROWS_PER_THREAD))
+    seconds = units * CPU_SECONDS_PER_UNIT / threads ** CPU_CORE_EXPONENT
     seconds *= (CPU_DOUBLE_FACTOR if double else 1.0) * (2.0 if is_complex else 1.0)
     return seconds
 
@@ -128,7 +143,8 @@ def _surely_cpu(rows, L, Lk):
     """Even on one core in complex double precision the CPU needs less than the GPU's fixed
     cost (``bit_length >= log2``): the CPU, whatever the rest of the estimate says."""
     n = L + Lk
-    return rows * n * n.bit_length() * CPU_SECONDS_PER_UNIT * CPU_DOUBLE_FACTOR * 2.0 \
+    large = CPU_LARGE_FACTOR if n > CPU_CACHE_N else 1.0
+    return rows * n * n.bit_length() * CPU_SECONDS_PER_UNIT * CPU_DOUBLE_FACTOR * 2.0 * large \
         < GPU_WIN_MARGIN * GPU_CALL_SECONDS
 
 

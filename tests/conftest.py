@@ -36,6 +36,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _numpy_on_the_cpu(request):
+    """Tests not marked ``gpu`` mean the CPU backend for NumPy data, also on a machine with a
+    GPU (where the size policy would move large NumPy problems there). The policy's own tests
+    (test_device_policy.py) run it."""
+    if "gpu" in request.node.keywords or request.node.path.name == "test_device_policy.py":
+        yield
+        return
+    from longconv import _plan
+
+    with _plan.host_data_on_cpu():
+        yield
+
+
 @pytest.fixture
 def rng():
     seed = os.environ.get("LONGCONV_SEED")
