@@ -47,6 +47,14 @@ def is_dask(obj) -> bool:
             and hasattr(obj, "chunks") and hasattr(obj, "dask"))
 
 
+def _where(block):
+    """A chunk computes where it lives: NumPy chunks on the CPU backend (whatever the size
+    policy for NumPy calls would choose), CuPy chunks on their GPU."""
+    from ._arrays import device_of
+
+    return device_of(block)
+
+
 def _in_memory(obj):
     """A filter-like operand in memory (a dask array is computed)."""
     return obj.compute() if is_dask(obj) else obj
@@ -252,7 +260,7 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     if len(x.chunks[axis]) == 1:
         def whole(block, kk, block_info=None):
             kb = _like(filter_for(kk, block_info[0]["array-location"]), block)
-            return in_memory(block, kb, mode=mode, axes=axis, **kw)
+            return in_memory(block, kb, mode=mode, axes=axis, device=_where(block), **kw)
 
         L_out = {"full": L + Lk - 1, "same": L, "valid": L - Lk + 1, "circular": L}[mode]
         chunks = list(x.chunks)
@@ -268,7 +276,8 @@ def fftconvolve_long(in1, in2, mode="full", axes=None, *, precision=None, kernel
     halo = Lk - 1
 
     def causal(ext, loc, kk):
-        y = in_memory(ext, _like(filter_for(kk, loc), ext), mode="full", axes=axis, **kw)
+        y = in_memory(ext, _like(filter_for(kk, loc), ext), mode="full", axes=axis,
+                      device=_where(ext), **kw)
         return _take(y, axis, 0, ext.shape[axis])
 
     xpad = _pad_right(x, axis, start + L_out - L)
@@ -329,7 +338,7 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     if len(xg.chunks[-1]) == 1:
         def whole(block, kk, block_info=None):
             kb = _like(filter_for(kk, block_info[0]["array-location"]), block)
-            return in_memory(block, kb, causal=causal, **kw)
+            return in_memory(block, kb, causal=causal, device=_where(block), **kw)
 
         y = da.map_blocks(whole, xg, kd, dtype=io, meta=_meta(xg, io))
     else:
@@ -339,7 +348,8 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
                 "x.rechunk({-1: -1})")
 
         def causal_block(ext, loc, kk):
-            return in_memory(ext, _like(filter_for(kk, loc), ext), causal=True, **kw)
+            return in_memory(ext, _like(filter_for(kk, loc), ext), causal=True,
+                             device=_where(ext), **kw)
 
         if causal:
             y = _overlap_save(xg, -1, min(Lk, L) - 1, causal_block, io, -1, Lk, kd)

@@ -287,3 +287,36 @@ def test_local_cuda_cluster(cp, rng, scheduler):
         testing.assert_close(out.result(), testing.reference_convolve(x, k), np.float32)
         if len(cluster.workers) > 1:
             assert len({w for ws in placed.values() for w in ws}) > 1
+
+
+def test_numpy_chunks_compute_on_the_cpu_whatever_the_size_policy(monkeypatch, rng):
+    # a machine with a GPU, where the policy would send NumPy calls of this size to it: dask's
+    # NumPy chunks still compute where they live (the GPU lookups are faked; nothing may run)
+    from longconv import _plan, _signaltools
+
+    monkeypatch.setattr(_plan, "_gpu_available", lambda: True)
+    monkeypatch.setattr(_plan, "_gpu_free_bytes", lambda: 80 << 30)
+    monkeypatch.setattr(_plan, "_usable_cores", lambda: 1)
+    seen = []
+    real = _plan._select_backend
+
+    def spy(k, L, *, device, data_device, **kw):
+        seen.append(device or data_device)
+        return real(k, L, device="cpu", data_device=data_device, **kw)
+
+    monkeypatch.setattr(_plan, "_select_backend", spy)
+    monkeypatch.setattr(_signaltools, "_select_backend", spy)
+    token = _plan._HOST_DATA_ON_CPU.set(False)  # lift the test suite's own CPU pin
+    try:
+        assert _plan.host_problem_device(16, 2**16, 2**16, "causal", bytes_in=2**23,
+                                         bytes_out=2**22, io_dtype="float32") == "gpu"
+        x = testing.random_array(rng, (2, 16, 2**16), "float32")
+        k = testing.random_array(rng, (16, 2**16), "float32")
+        y = longconv.convolve(da.from_array(x, chunks=(1, 16, 2**16)), k).compute()
+        f = longconv.fftconvolve_long(da.from_array(x, chunks=(1, 16, 2**16)), k[None], axes=-1)
+        f = f.compute()
+    finally:
+        _plan._HOST_DATA_ON_CPU.reset(token)
+    testing.assert_close(y, testing.reference_convolve(x, k))
+    testing.assert_close(f[..., :2**16], testing.reference_convolve(x, k))
+    assert seen and set(seen) == {"cpu"}
