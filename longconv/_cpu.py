@@ -371,11 +371,7 @@ class CPUConvPlan:
     def __call__(self, x, pregate=None, postgate=None, skip=None):
         """Convolve ``x`` of shape (B, H, L); returns (B, H, L_out) of dtype ``io_dtype``."""
         x = np.asarray(x)
-        if x.ndim != 3 or x.shape[-1] != self.L or self.H not in (1, x.shape[1]):
-            raise ValueError(
-                f"x must have shape (B, {self.H if self.H != 1 else 'H'}, {self.L}); "
-                f"got {x.shape}"
-            )
+        _validate.check_backend_input(x.shape, self.H, self.L)
         B, H, L = x.shape
         bf16 = self.io_dtype == "bfloat16"
         out_dt = np.float32 if bf16 else np.dtype(self.io_dtype)

@@ -326,11 +326,6 @@ class FusedPlan:
         self._kspec = cupy.ascontiguousarray(spec[:, _kspec_order(cupy, N)].astype(cupy.complex64))
         return self
 
-    @property
-    def out_scale(self) -> float:
-        """The power of two the stored spectrum was divided by (read from the device)."""
-        return float(self._out_scale_dev[0])
-
     def __call__(self, x, pregate=None, postgate=None, skip=None, out=None):
         """y = postgate * conv(pregate * x, k) + skip * x for x of shape (B, H, L)."""
         cupy = _cupy()
@@ -411,7 +406,9 @@ class FusedPlan:
         """An I/O array's values in float32 (bfloat16 travels as uint16 bits)."""
         cupy = _cupy()
         if self.io_dtype == "bfloat16":
-            return (a.astype(cupy.uint32) << 16).view(cupy.float32)
+            from ._arrays import bf16_to_float32
+
+            return bf16_to_float32(a, cupy)
         return a.astype(cupy.float32)
 
     def _io_array(self, v):

@@ -114,11 +114,7 @@ class CupyConvPlan:
         """Convolve ``x`` of shape (B, H, L); returns (B, H, L_out) of dtype ``io_dtype``."""
         cp = _cupy()
         x = cp.asarray(x)
-        if x.ndim != 3 or x.shape[-1] != self.L or self.H not in (1, x.shape[1]):
-            raise ValueError(
-                f"x must have shape (B, {self.H if self.H != 1 else 'H'}, {self.L}); "
-                f"got {x.shape}"
-            )
+        _validate.check_backend_input(x.shape, self.H, self.L)
         B, H, L = x.shape
         bf16 = self.io_dtype == "bfloat16"
         out_dt = cp.float32 if bf16 else cp.dtype(self.io_dtype)

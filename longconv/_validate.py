@@ -276,6 +276,12 @@ def check_call_length(x_shape, length):
         )
 
 
+def check_backend_input(shape, H, L):
+    """A backend plan's input: (B, H, L), or (B, anything, L) for a plan of one shared filter."""
+    if len(shape) != 3 or shape[-1] != L or H not in (1, shape[1]):
+        raise ValueError(f"x must have shape (B, {H if H != 1 else 'H'}, {L}); got {shape}")
+
+
 def check_one_axis(n_axes, what):
     if n_axes != 1:
         raise NotImplementedError(

@@ -10,16 +10,7 @@ import os
 import numpy as np
 import pytest
 
-
-def _gpu_available():
-    try:
-        import cupy
-    except Exception:
-        return False
-    try:
-        return bool(cupy.is_available())
-    except Exception:
-        return False
+from longconv._plan import _gpu_available  # CuPy importable and a usable CUDA device
 
 
 def pytest_configure(config):
