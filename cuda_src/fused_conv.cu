@@ -320,6 +320,7 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
 }
 
 #include "fused_bwd.cuh"
+#include "kspec.cuh"
 
 // One entry point per I/O dtype.
 extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) lc_fused_conv_f16(const ConvParams p) {

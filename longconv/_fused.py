@@ -14,6 +14,7 @@ order once per plan.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -46,6 +47,47 @@ BWD_PARAMS_FIELDS = (
     ("slots", "i32"), ("out_scale", "f32"),
 )
 BWD_PARAMS_DTYPE = _compile.params_dtype(BWD_PARAMS_FIELDS)
+
+#: Mirror of ``struct KspecParams`` in ``cuda_src/kspec.cuh`` (same order).
+KSPEC_PARAMS_FIELDS = (
+    ("k", "ptr"), ("rspec", "ptr"), ("pos", "ptr"), ("wtn", "ptr"), ("kspec", "ptr"),
+    ("partial", "ptr"), ("out_scale", "ptr"),
+    ("Hk", "i64"), ("taps", "i64"), ("k_stride", "i64"), ("wrap", "i64"),
+    ("n", "i32"), ("keep", "i32"), ("nparts", "i32"), ("norm", "f32"),
+)
+KSPEC_PARAMS_DTYPE = _compile.params_dtype(KSPEC_PARAMS_FIELDS)
+
+#: Mirror of ``struct DkParams`` in ``cuda_src/kspec.cuh`` (same order).
+DK_PARAMS_FIELDS = (
+    ("dks", "ptr"), ("fpos", "ptr"), ("wtn", "ptr"), ("dk", "ptr"),
+    ("H", "i64"), ("Hk", "i64"), ("Lk", "i64"), ("m", "i64"), ("S", "i64"),
+    ("n", "i32"), ("circular", "i32"),
+)
+DK_PARAMS_DTYPE = _compile.params_dtype(DK_PARAMS_FIELDS)
+#: Taps per work item of ``lc_kspec_dk`` (``LC_DK_TAPS``).
+DK_TAPS = 64
+# The backward's dk comes from the direct inverse sum (lc_kspec_dk) when channels * N * taps
+# is at most this, for the reason of KSPEC_DFT_MAX_WORK (a term costs the same dozen
+# instructions; the other way is ~10 CuPy operations and an inverse cuFFT, ~200 us of host).
+DK_DIRECT_MAX_WORK = 1 << 25
+KSPEC_THREADS = 256
+#: Bins per work item of the direct spectrum kernel (``LC_KSPEC_BINS`` in kspec.cuh).
+KSPEC_BINS = 64
+#: Blocks of the spectrum kernels at most: the finalize launch's every block reads one partial
+#: maximum per block of the first launch, so their count stays small.
+KSPEC_MAX_BLOCKS = 512
+# The spectrum is summed directly (lc_kspec_dft) when taps * (N / 2 + 1) * filters is at most
+# KSPEC_DFT_MAX_WORK, else taken from a float64 cuFFT rfft (lc_kspec_gather). A term costs the
+# direct kernel about a dozen instructions, so 2^25 terms are ~10 us of one H100; the cuFFT path
+# costs ~150 us of host time per update through CuPy (plan lookup, the transform, the casts) and
+# ~10 us of GPU time for such sizes. Larger problems (many long filters) are the cuFFT's.
+KSPEC_DFT_MAX_WORK = 1 << 25
+# Up to KSPEC_SINGLE_BLOCK_WORK terms one block sums the spectrum and scales it (one launch,
+# ~3 us of GPU time at the bound; N = 256 with 256 taps is 33K terms), saving the finalize
+# launch's ~4 us of host time.
+KSPEC_SINGLE_BLOCK_WORK = 1 << 16
+#: Direct spectrum kernels by the filters' dtype.
+_DFT_ENTRY = {"float16": "dft_f16", "float32": "dft_f32", "float64": "dft_f64"}
 
 THREADS = 256
 MODES = ("causal", "circular", "full", "same", "valid")
@@ -136,18 +178,14 @@ def fft_size_for(mode: str, L: int, Lk: int) -> tuple[int, int, int, int]:
 _ORDERS = {}
 
 
-def _kspec_order(cupy, n):
-    """Frequency index of each stored spectrum element in storage order, on the device (cached).
+def storage_order(n: int) -> np.ndarray:
+    """Frequency of each stored spectrum element in storage order, shape (n,).
 
     Stored per segment as 4 groups of (32 lanes x 2 complex): group i of every lane in turn, so
     each of a warp's four 16-byte loads reads 512 contiguous bytes.
     """
-    key = ("kspec", cupy.cuda.runtime.getDevice(), n)
-    order = _ORDERS.get(key)
-    if order is None:
-        o = spectrum_order(n).reshape(n // 256, 32, 4, 2).transpose(0, 2, 1, 3)
-        order = _ORDERS[key] = cupy.asarray(np.ascontiguousarray(o).reshape(-1))
-    return order
+    o = spectrum_order(n).reshape(n // 256, 32, 4, 2).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(o).reshape(-1)
 
 
 def _frag_inverse(cupy, n):
@@ -156,6 +194,26 @@ def _frag_inverse(cupy, n):
     inv = _ORDERS.get(key)
     if inv is None:
         inv = _ORDERS[key] = cupy.asarray(np.argsort(spectrum_order(n).reshape(-1)))
+    return inv
+
+
+def _kspec_pos(cupy, n):
+    """Storage slot of each frequency (the inverse of :func:`storage_order`), int32, on the
+    device (cached)."""
+    key = ("pos", cupy.cuda.runtime.getDevice(), n)
+    pos = _ORDERS.get(key)
+    if pos is None:
+        pos = _ORDERS[key] = cupy.asarray(np.argsort(storage_order(n)).astype(np.int32))
+    return pos
+
+
+def _frag_inverse_i32(cupy, n):
+    """:func:`_frag_inverse` as int32 (the dk kernel's table), cached."""
+    key = ("frag32", cupy.cuda.runtime.getDevice(), n)
+    inv = _ORDERS.get(key)
+    if inv is None:
+        inv = _ORDERS[key] = cupy.asarray(
+            np.argsort(spectrum_order(n).reshape(-1)).astype(np.int32))
     return inv
 
 
@@ -202,16 +260,23 @@ def _aligned16(a) -> bool:
     return a is None or a.data.ptr % 16 == 0
 
 
+_CUPY = []
+
+
 def _cupy():
+    """CuPy when it imports and sees a CUDA device, else None (asked once per process)."""
+    if _CUPY:
+        return _CUPY[0]
     try:
         import cupy
     except ImportError:
-        return None
+        cupy = None
     try:
-        if not cupy.is_available():
-            return None
+        if cupy is not None and not cupy.is_available():
+            cupy = None
     except Exception:
-        return None
+        cupy = None
+    _CUPY.append(cupy)
     return cupy
 
 
@@ -237,6 +302,10 @@ class FusedPlan:
         FFT size to use (must be a power of two covering the problem); default: the smallest.
     freq_keep : float, optional
         Keep the filter's rfft bins ``j < ceil(freq_keep * (n // 2 + 1))``, zero the rest.
+
+    A plan serves the device that was current when it was built. :meth:`shell` builds one
+    without a spectrum, for callers that compute spectra per call into their own memory
+    (:meth:`spectrum_into`) and launch on raw pointers (:meth:`forward_ptrs`).
     """
 
     backend = "fused"
@@ -245,19 +314,40 @@ class FusedPlan:
         cupy = _cupy()
         if cupy is None:
             raise RuntimeError("the fused kernels need CuPy and a CUDA device")
+        k = cupy.asarray(k)
+        if k.ndim == 1:
+            k = k[None]
+        if k.ndim != 2 or k.shape[1] < 1:
+            raise ValueError(f"k must have shape (H, Lk), got {k.shape}")
+        self._setup(int(k.shape[0]), int(k.shape[1]), L, mode, io_dtype, n, freq_keep)
+        self.update(k)
+
+    @classmethod
+    def shell(cls, Hk, Lk, L, *, mode, io_dtype, n=None, freq_keep=None):
+        """A plan for ``Hk`` filters of ``Lk`` taps without a spectrum: :meth:`spectrum_into`
+        and :meth:`forward_ptrs` with an explicit spectrum serve it (:meth:`update` gives it
+        its own)."""
+        if _cupy() is None:
+            raise RuntimeError("the fused kernels need CuPy and a CUDA device")
+        self = cls.__new__(cls)
+        self._setup(int(Hk), int(Lk), L, mode, io_dtype, n, freq_keep)
+        return self
+
+    _kbuf = None
+    _kspec_ptr = _scale_ptr = 0
+
+    def _setup(self, Hk, Lk, L, mode, io_dtype, n, freq_keep):
+        cupy = _cupy()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.io_dtype = _io_dtype_name(io_dtype)
         if self.io_dtype not in FUSED_ENTRY:
             raise NotImplementedError(
                 f"io_dtype must be one of {sorted(FUSED_ENTRY)}, got {io_dtype!r}")
-        k = cupy.asarray(k)
-        if k.ndim == 1:
-            k = k[None]
-        if k.ndim != 2 or k.shape[1] < 1:
-            raise ValueError(f"k must have shape (H, Lk), got {k.shape}")
+        if Hk < 1 or Lk < 1:
+            raise ValueError(f"k must have shape (H, Lk) with H, Lk >= 1, got {(Hk, Lk)}")
         self.L, self.mode = int(L), mode
-        self.Lk = int(k.shape[1])
+        self.Hk, self.Lk = Hk, Lk
         N, self.out_offset, self.Lout, self.fold = fft_size_for(mode, self.L, self.Lk)
         if n is not None:
             if n < N or n & (n - 1):
@@ -277,54 +367,166 @@ class FusedPlan:
                 f"FFT size {N} needs {per_pair} bytes of shared memory; {info.name} allows "
                 f"{info.smem_optin}")
         self.max_pairs = max(1, min(MAX_PAIRS, budget // per_pair))
-        self.Hk = int(k.shape[0])
+        self.device = cupy.cuda.runtime.getDevice()
         self._kernel = _compile.get_kernel(fused_key(), FUSED_ENTRY[self.io_dtype])
+        self._launch = _compile.Launcher(self._kernel, PARAMS_DTYPE, THREADS)
         self._wtab = _twiddle_table(cupy)
         self._wtn = _twiddle_table_n(cupy, N)
+        self._wtab_ptr, self._wtn_ptr = self._wtab.data.ptr, self._wtn.data.ptr
         # fp16 inputs are bounded by 65504 and read once; bf16 and fp32 inputs can exceed the
         # fp16 operands' range, so each tile is scaled by a power of two (one more read of the
         # tile, from L2).
         self._prescale = int(self.io_dtype != "float16")
         self._info = info
         self.freq_keep = freq_keep
-        self.update(k)
+        self._keep = N if freq_keep is None else min(N, math.ceil(freq_keep * (N // 2 + 1)))
+        # taps that reach the spectrum: a causal output never meets taps past L (their circular
+        # images would); circular folds every tap onto the circle of length L
+        self._taps = min(Lk, self.L) if mode == "causal" else Lk
+        self._wrap = self.L if mode == "circular" else 0
+        work = self._taps * (N // 2 + 1) * Hk
+        self.direct_spectrum = work <= KSPEC_DFT_MAX_WORK
+        chunks = -(-(N // 2 + 1) // KSPEC_BINS)
+        items = Hk * chunks if self.direct_spectrum else -(-Hk * (N // 2 + 1) // KSPEC_THREADS)
+        self._kspec_grid = min(items, KSPEC_MAX_BLOCKS)
+        # one block that also scales: one launch instead of two (nparts = 0 tells the kernel)
+        self._single = self.direct_spectrum and work <= KSPEC_SINGLE_BLOCK_WORK
+        if self._single:
+            self._kspec_grid = 1
+        self._nparts = 0 if self._single else self._kspec_grid
+        self._final_grid = max(1, min(KSPEC_MAX_BLOCKS, -(-2 * Hk * N // (4 * KSPEC_THREADS))))
+        #: bytes of a spectrum buffer (:meth:`spectrum_into`): the spectrum, its multiplier and
+        #: the spectrum kernels' partial maxima
+        self.spectrum_bytes = 8 * Hk * N + 16 + 4 * self._kspec_grid
+        self._geometry = {}
+        self._ready, self._ready_seen, self._update_stream = None, False, -1
+        self._launchers = {}
+
+    # ------------------------------------------------------------------ filter spectrum
+
+    def spectrum_into(self, k, k_dtype, k_stride, buf, stream):
+        """Launch the direct spectrum kernels: filters at device address ``k`` (``k_dtype``
+        "float16", "float32" or "float64"; ``Hk`` rows ``k_stride`` elements apart, at least
+        ``min(Lk, L)`` (causal) or ``Lk`` taps each) into the buffer at ``buf``
+        (:attr:`spectrum_bytes`, 16-byte aligned) on the stream handle ``stream``. Only for
+        plans with :attr:`direct_spectrum`. Returns ``(spectrum, multiplier)`` addresses for
+        :meth:`forward_ptrs`."""
+        kspec, scale = buf, buf + 8 * self.Hk * self.n
+        partial = scale + 16
+        key = _DFT_ENTRY[k_dtype]
+        self._kspec_launcher(key)(self._kspec_grid, 0, stream, (
+            k, 0, self._pos_ptr(), self._wtn_ptr, kspec, partial, scale,
+            self.Hk, self._taps, k_stride, self._wrap, self.n, self._keep, self._nparts,
+            1.0 / math.sqrt(self.n)))
+        if not self._single:
+            self._finalize(kspec, scale, partial, stream)
+        return kspec, scale
+
+    def with_spectrum(self, k, k_dtype, k_stride, stream):
+        """A copy of this (shell) plan holding the spectrum of the filters at device address
+        ``k`` (as :meth:`spectrum_into`), computed on the stream handle ``stream`` into a CuPy
+        buffer allocated on CuPy's current stream (make it ``stream``): a plan for
+        :meth:`backward` or calls without building one (the copy shares the shell's kernels
+        and tables). Only for plans with :attr:`direct_spectrum`."""
+        plan = copy.copy(self)
+        plan._kbuf = _cupy().empty(self.spectrum_bytes, dtype=np.uint8)
+        plan._kspec_ptr, plan._scale_ptr = self.spectrum_into(k, k_dtype, k_stride,
+                                                              plan._kbuf.data.ptr, stream)
+        plan._update_stream, plan._ready_seen = stream, True
+        return plan
+
+    def _finalize(self, kspec, scale, partial, stream):
+        self._kspec_launcher("finalize")(self._final_grid, 0, stream, (
+            0, 0, 0, 0, kspec, partial, scale, self.Hk, 0, 0, 0, self.n, self._keep,
+            self._kspec_grid, 0.0))
+
+    def _kspec_launcher(self, which):
+        launch = self._launchers.get(which)
+        if launch is None:
+            kernel = _compile.get_kernel(fused_key(), f"lc_kspec_{which}")
+            launch = self._launchers[which] = _compile.Launcher(
+                kernel, KSPEC_PARAMS_DTYPE, KSPEC_THREADS)
+        return launch
+
+    def _pos_ptr(self):
+        return _kspec_pos(_cupy(), self.n).data.ptr
 
     def update(self, k):
-        """Recompute the filter spectrum (same shape as before)."""
+        """Recompute the filter spectrum (same shape as before), on CuPy's current stream."""
         cupy = _cupy()
         k = cupy.asarray(k)
         if k.ndim == 1:
             k = k[None]
         if k.shape != (self.Hk, self.Lk):
             raise ValueError(f"k must keep its shape {(self.Hk, self.Lk)}, got {k.shape}")
-        N = self.n
-        kk = k.astype(cupy.float64)
-        if self.mode == "causal" and self.Lk > self.L:
-            # taps past L never reach a causal output, but their circular images would
-            kk = kk[:, : self.L]
-        if self.mode == "circular":
-            # Circular of length L: the taps fold onto the circle of length L.
-            L = self.L
-            reps = -(-self.Lk // L)
-            padded = cupy.zeros((self.Hk, reps * L), dtype=cupy.float64)
-            padded[:, : self.Lk] = kk
-            kk = padded.reshape(self.Hk, reps, L).sum(axis=1)
-        spec = cupy.fft.fft(kk, n=N, axis=-1)
-        if self.freq_keep is not None:
-            keep = math.ceil(self.freq_keep * (N // 2 + 1))
-            j = cupy.arange(N)
-            spec = spec * (cupy.minimum(j, N - j) < keep)
-        spec *= 1.0 / math.sqrt(N)
-        # Stored with max |K| in (1/2, 1]: the kernel's fp16 range bound assumes it; the power of
-        # two returns in the output multiplier, which stays in device memory (the kernels read
-        # it), so no call reads back to the host (stream order, CUDA-graph capture).
-        peak = cupy.abs(spec).max()
-        ok = (peak > 0) & (peak < math.inf)
-        scale = cupy.where(ok, cupy.exp2(cupy.ceil(cupy.log2(cupy.where(ok, peak, 1.0)))), 1.0)
-        spec *= 1.0 / scale
-        self._out_scale_dev = scale.astype(cupy.float32).reshape(1)
-        self._kspec = cupy.ascontiguousarray(spec[:, _kspec_order(cupy, N)].astype(cupy.complex64))
+        self._check_device()
+        stream = cupy.cuda.get_current_stream()
+        buf = cupy.empty(self.spectrum_bytes, dtype=cupy.uint8)
+        if self.direct_spectrum:
+            if k.dtype.name not in _DFT_ENTRY:
+                k = k.astype(cupy.float64 if k.dtype.itemsize > 4 or k.dtype.kind in "iu"
+                             else cupy.float32)
+            it = k.itemsize
+            if k.strides[1] != it or k.strides[0] % it or k.strides[0] < 0:
+                k = cupy.ascontiguousarray(k)
+            kspec, scale = self.spectrum_into(k.data.ptr, k.dtype.name, k.strides[0] // it,
+                                              buf.data.ptr, stream.ptr)
+        else:
+            N = self.n
+            kk = k[:, : self._taps].astype(cupy.float64)
+            if self._wrap:
+                # circular of length L: the taps fold onto the circle of length L
+                L = self.L
+                reps = -(-self.Lk // L)
+                padded = cupy.zeros((self.Hk, reps * L), dtype=cupy.float64)
+                padded[:, : self.Lk] = kk
+                kk = padded.reshape(self.Hk, reps, L).sum(axis=1)
+            rspec = cupy.fft.rfft(kk, n=N, axis=-1)
+            kspec, scale = buf.data.ptr, buf.data.ptr + 8 * self.Hk * N
+            partial = scale + 16
+            self._kspec_launcher("gather")(self._kspec_grid, 0, stream.ptr, (
+                0, rspec.data.ptr, self._pos_ptr(), self._wtn_ptr, kspec, partial, scale,
+                self.Hk, 0, 0, 0, N, self._keep, self._kspec_grid, 1.0 / math.sqrt(N)))
+            self._finalize(kspec, scale, partial, stream.ptr)
+        self._kbuf, self._kspec_ptr, self._scale_ptr = buf, kspec, scale
+        # launches on other streams wait for this update (_after_update)
+        self._ready = cupy.cuda.Event(block=False, disable_timing=True)
+        self._ready.record(stream)
+        self._ready_seen = False
+        self._update_stream = stream.ptr
         return self
+
+    def _after_update(self, stream):
+        """Order work on the stream handle ``stream`` after the last :meth:`update` (made on
+        another stream), until the update is seen complete."""
+        if self._kbuf is None:
+            raise RuntimeError("this fused plan has no spectrum of its own (a shell plan): "
+                               "pass one from spectrum_into")
+        if self._ready.done:
+            self._ready_seen = True
+        else:
+            _cupy().cuda.runtime.streamWaitEvent(stream, self._ready.ptr, 0)
+
+    @property
+    def _kspec(self):
+        """The stored spectrum as a complex64 array of shape (Hk, N) in storage order."""
+        cupy = _cupy()
+        return self._kbuf[: 8 * self.Hk * self.n].view(cupy.complex64).reshape(self.Hk, self.n)
+
+    @property
+    def _out_scale_dev(self):
+        """The output multiplier (float32, shape (1,), on the device)."""
+        cupy = _cupy()
+        off = 8 * self.Hk * self.n
+        return self._kbuf[off: off + 4].view(cupy.float32)
+
+    def _check_device(self):
+        dev = _cupy().cuda.runtime.getDevice()
+        if dev != self.device:
+            raise ValueError(f"this fused plan serves CUDA device {self.device}; the current "
+                             f"device is {dev} (build a plan per device)")
+
+    # ------------------------------------------------------------------ forward
 
     def __call__(self, x, pregate=None, postgate=None, skip=None, out=None):
         """y = postgate * conv(pregate * x, k) + skip * x for x of shape (B, H, L)."""
@@ -369,38 +571,86 @@ class FusedPlan:
                 cupy.broadcast_to(cupy.asarray(skip, dtype=cupy.float32), (H,)))
         return cupy.ascontiguousarray(x), pregate, postgate, skip
 
-    def launch_args(self, x, pregate, postgate, skip, y):
-        """(grid, shared memory bytes, packed params) of one launch on validated operands."""
-        B, H, L = (int(s) for s in x.shape)
-        npairs = (B + 1) // 2
-        pairs = min(self.max_pairs, npairs)
-        # Enough tiles for every SM (two blocks each) before packing more pairs into a tile.
-        sms = self._info.sm_count
-        while pairs > 1 and H * -(-npairs // pairs) < 2 * sms:
-            pairs //= 2
-        tiles_per_h = -(-npairs // pairs)
-        n_tiles = H * tiles_per_h
-        smem = 4 * self.n * pairs
-        blocks_per_sm = max(1, min(2, self._info.smem_per_sm // (smem + 1024)))
-        grid = int(min(n_tiles, sms * blocks_per_sm))
-        vec_in = L % 8 == 0 and all(_aligned16(a) for a in (x, pregate))
-        vec_out = vec_in and self.Lout % 8 == 0 and all(_aligned16(a) for a in (y, postgate))
-        params = _compile.pack_params(
-            PARAMS_DTYPE, x=x, pregate=pregate, postgate=postgate, skip=skip, kspec=self._kspec,
-            wtab=self._wtab, wtn=self._wtn, y=y, B=B, H=H, L=L, Lout=self.Lout,
-            out_offset=self.out_offset, fold=self.fold,
-            k_hstride=0 if self.Hk == 1 else self.n // 2, n_tiles=n_tiles,
-            tiles_per_h=tiles_per_h, n=self.n, pairs=pairs, prescale=self._prescale,
-            vec_in=int(vec_in), vec_out=int(vec_out),
-            out_scale_ptr=self._out_scale_dev, out_scale=1.0)
-        return grid, smem, params
+    def _tiles(self, B, H):
+        """(grid, shared memory bytes, pairs, n_tiles, tiles_per_h) of a forward launch."""
+        geo = self._geometry.get((B, H))
+        if geo is None:
+            npairs = (B + 1) // 2
+            pairs = min(self.max_pairs, npairs)
+            # Enough tiles for every SM (two blocks each) before packing more pairs into a tile.
+            sms = self._info.sm_count
+            while pairs > 1 and H * -(-npairs // pairs) < 2 * sms:
+                pairs //= 2
+            tiles_per_h = -(-npairs // pairs)
+            n_tiles = H * tiles_per_h
+            smem = 4 * self.n * pairs
+            blocks_per_sm = max(1, min(2, self._info.smem_per_sm // (smem + 1024)))
+            grid = int(min(n_tiles, sms * blocks_per_sm))
+            geo = (grid, smem, pairs, n_tiles, tiles_per_h)
+            if len(self._geometry) >= 256:
+                self._geometry.clear()
+            self._geometry[(B, H)] = geo
+        return geo
 
-    def launch(self, grid, smem, params):
-        """Launch on the current stream with arguments from :meth:`launch_args`."""
-        _compile.prepare(self._kernel, smem)
-        self._kernel((grid,), (THREADS,), (params,), shared_mem=smem)
+    def forward_ptrs(self, x, pregate, postgate, skip, y, B, H, stream, *, kspec=None,
+                     scale=None):
+        """One forward launch on device addresses (0: absent) on the stream handle ``stream``.
+
+        ``x``, ``pregate`` (B, H, L) and ``y``, ``postgate`` (B, H, Lout) are C-contiguous in the
+        plan's I/O dtype, ``skip`` (H,) float32; ``kspec``/``scale`` default to the plan's own
+        spectrum (:meth:`update`), else come from :meth:`spectrum_into`. Nothing is checked:
+        the callers validate.
+        """
+        if kspec is None:
+            kspec, scale = self._kspec_ptr, self._scale_ptr
+            if stream != self._update_stream and not self._ready_seen:
+                self._after_update(stream)
+        grid, smem, pairs, n_tiles, tiles_per_h = self._tiles(B, H)
+        L, Lout = self.L, self.Lout
+        vec_in = L % 8 == 0 and x % 16 == 0 and pregate % 16 == 0
+        vec_out = vec_in and Lout % 8 == 0 and y % 16 == 0 and postgate % 16 == 0
+        self._launch(grid, smem, stream, (
+            x, pregate, postgate, skip, kspec, self._wtab_ptr, self._wtn_ptr, scale, y,
+            B, H, L, Lout, self.out_offset, self.fold, 0 if self.Hk == 1 else self.n // 2,
+            n_tiles, tiles_per_h, self.n, pairs, self._prescale, int(vec_in), int(vec_out),
+            1.0))
+
+    def launch_args(self, x, pregate, postgate, skip, y):
+        """(grid, shared memory bytes, arguments) of one launch on validated CuPy operands."""
+        B, H, _ = (int(s) for s in x.shape)
+        ptr = [0 if a is None else a.data.ptr for a in (x, pregate, postgate, skip, y)]
+        return self._tiles(B, H)[0], self._tiles(B, H)[1], (*ptr, B, H)
+
+    def launch(self, grid, smem, args):
+        """Launch on CuPy's current stream with arguments from :meth:`launch_args`."""
+        self._check_device()
+        self.forward_ptrs(*args, _cupy().cuda.get_current_stream().ptr)
 
     # ------------------------------------------------------------------ backward
+
+    def _dk_taps(self, H):
+        """Taps of dk the backward computes (the rest of the ``Lk`` are zero)."""
+        if self.mode == "circular":
+            return self.Lk
+        # taps past the output window never meet the input (their circular images would
+        # alias back onto it when the filter is longer than the signal)
+        return min(self.Lk, self.out_offset + self.Lout)
+
+    def _dk_direct(self, dks, H, S, stream):
+        """dk from the backward's partial spectra in one launch (``lc_kspec_dk``): float32
+        ``(Hk, Lk)``, the channels summed when one filter serves them all."""
+        cupy = _cupy()
+        dk = cupy.empty((self.Hk, self.Lk), dtype=cupy.float32)
+        launch = self._launchers.get("dk")
+        if launch is None:
+            kernel = _compile.get_kernel(fused_key(), "lc_kspec_dk")
+            launch = self._launchers["dk"] = _compile.Launcher(kernel, DK_PARAMS_DTYPE,
+                                                               KSPEC_THREADS)
+        items = self.Hk * -(-self.Lk // DK_TAPS)
+        launch(min(items, KSPEC_MAX_BLOCKS * 4), 0, stream, (
+            dks.data.ptr, _frag_inverse_i32(cupy, self.n).data.ptr, self._wtn_ptr, dk.data.ptr,
+            H, self.Hk, self.Lk, self._dk_taps(H), S, self.n, int(self.mode == "circular")))
+        return dk
 
     def _numbers(self, a):
         """An I/O array's values in float32 (bfloat16 travels as uint16 bits)."""
@@ -451,6 +701,7 @@ class FusedPlan:
                 f"the fused backward serves FFT sizes {FUSED_MIN_N}..{BWD_MAX_N} without "
                 f"freq_keep or a circular fold; this plan has N={self.n}, fold={self.fold}, "
                 f"freq_keep={self.freq_keep}")
+        self._check_device()
         x, pregate, postgate, skip = self._operands(x, pregate, postgate, skip)
         B, H, L = x.shape
         dt = x.dtype
@@ -504,19 +755,23 @@ class FusedPlan:
         vec_in = L % 8 == 0 and all(_aligned16(a) for a in (x, pregate, dx, dpre))
         vec_out = self.Lout % 8 == 0 and all(_aligned16(a) for a in (dy, postgate, dpost))
         want = ("u" if need_postgate else "") + ("g" if want_g else "") or "k"
-        kernel = _compile.get_kernel(fused_key(), BWD_ENTRY[self.io_dtype][want])
-        params = _compile.pack_params(
-            BWD_PARAMS_DTYPE, x=x, pregate=pregate, dy=dy, postgate=postgate, skip=skip,
-            kspec=self._kspec, wtab=self._wtab, wtn=self._wtn, out_scale_ptr=self._out_scale_dev,
-            dx=dx, dpre=dpre, dpost=dpost, dkspec=dks, B=B, H=H, L=L, Lout=self.Lout,
-            out_offset=self.out_offset, k_hstride=0 if self.Hk == 1 else N // 2,
-            n_tiles=n_tiles, splits=splits, tile_pairs=tile_pairs, n=N, pairs=pairs,
-            prescale=self._prescale, vec_in=int(vec_in), vec_out=int(vec_out), slots=slots,
-            out_scale=1.0)
-        _compile.prepare(kernel, smem)
-        kernel((grid,), (THREADS,), (params,), shared_mem=smem)
+        launch = self._launchers.get(want)
+        if launch is None:
+            kernel = _compile.get_kernel(fused_key(), BWD_ENTRY[self.io_dtype][want])
+            launch = self._launchers[want] = _compile.Launcher(kernel, BWD_PARAMS_DTYPE, THREADS)
+        stream = cupy.cuda.get_current_stream().ptr
+        if stream != self._update_stream and not self._ready_seen:
+            self._after_update(stream)
+        ptr = [0 if a is None else a.data.ptr
+               for a in (x, pregate, dy, postgate, skip, dx, dpre, dpost, dks)]
+        launch(grid, smem, stream, (
+            *ptr[:5], self._kspec_ptr, self._wtab_ptr, self._wtn_ptr, self._scale_ptr, *ptr[5:],
+            B, H, L, self.Lout, self.out_offset, 0 if self.Hk == 1 else N // 2, n_tiles, splits,
+            tile_pairs, N, pairs, self._prescale, int(vec_in), int(vec_out), slots, 1.0))
         res["x"], res["pregate"], res["postgate"] = dx, dpre, dpost
-        if need_k:
+        if need_k and H * N * self._dk_taps(H) <= DK_DIRECT_MAX_WORK:
+            res["k"] = self._dk_direct(dks, H, splits * slots, stream)
+        elif need_k:
             # sum over tiles and slots (fp32), back to natural frequency order; the real part of
             # N * IFFT is the batch sum of the pairs' correlations (see fused_bwd.cuh).
             acc = dks.reshape(H, splits * slots, N)
@@ -561,3 +816,79 @@ def make_plan(k, L, *, mode, io_dtype, n=None, freq_keep=None, kernel_len=None, 
         return FusedPlan(k, L, mode=mode, io_dtype=io, n=n, freq_keep=freq_keep)
     except NotImplementedError:
         return None
+
+
+# ---------------------------------------------------------------------------------- shells
+
+_SHELLS = {}
+
+
+def shell_for(Hk, Lk, L, mode, io_dtype):
+    """A cached :meth:`FusedPlan.shell` on the current device that computes its spectra with
+    the direct kernel, or None when the fused kernels or that kernel do not serve the problem
+    (the callers then build a full plan). Shells hold no per-call state, so threads share them.
+    """
+    cupy = _cupy()
+    if cupy is None:
+        return None
+    key = (cupy.cuda.runtime.getDevice(), Hk, Lk, L, mode, io_dtype)
+    try:
+        return _SHELLS[key]
+    except KeyError:
+        pass
+    try:
+        shell = FusedPlan.shell(Hk, Lk, L, mode=mode, io_dtype=io_dtype)
+    except NotImplementedError:
+        shell = None
+    if shell is not None and not shell.direct_spectrum:
+        shell = None
+    if len(_SHELLS) >= 1024:
+        _SHELLS.clear()
+    _SHELLS[key] = shell
+    return shell
+
+
+def cupy_convolve(x, k, causal, precision, kernel_len):
+    """``longconv.convolve(x, k, causal)`` without gates for CuPy arrays on the shortest path:
+    one spectrum and one convolution launch on the current stream, no plan object. Returns
+    None when the call is not of the kind this path serves (the caller takes the general one):
+    float16 x (float32 with ``precision="half"``), float16/32/64 filters ``(H, Lk)``,
+    ``(1, Lk)`` or ``(Lk,)``, everything C-contiguous on the current device, a problem the
+    direct spectrum kernel serves.
+    """
+    cupy = _cupy()
+    dt = x.dtype
+    if not (dt == np.float16 and precision in (None, "half")
+            or dt == np.float32 and precision == "half"):
+        return None
+    if k.dtype.name not in _DFT_ENTRY:
+        return None
+    shape = x.shape
+    if not shape or x.size == 0 or not x.flags.c_contiguous or x.nbytes > (1 << 30):
+        return None
+    L = shape[-1]
+    H = shape[-2] if len(shape) >= 2 else 1
+    if k.ndim == 1:
+        k = k[None]
+    if k.ndim != 2 or k.shape[0] not in (1, H) or k.shape[1] < 1:
+        return None
+    if kernel_len is not None and kernel_len < k.shape[1]:
+        k = k[:, :kernel_len]
+    dev = cupy.cuda.runtime.getDevice()
+    if x.data.device_id != dev or k.data.device_id != dev:
+        return None
+    it = k.itemsize
+    if k.strides[1] != it or k.strides[0] % it or k.strides[0] < 0:
+        return None
+    shell = shell_for(k.shape[0], k.shape[1], L, "causal" if causal else "same",
+                      "float16" if dt == np.float16 else "float32")
+    if shell is None:
+        return None
+    B = x.size // (H * L)
+    stream = cupy.cuda.get_current_stream().ptr
+    y = cupy.empty(shape, dtype=dt)
+    buf = cupy.empty(shell.spectrum_bytes, dtype=cupy.uint8)
+    kspec, scale = shell.spectrum_into(k.data.ptr, k.dtype.name, k.strides[0] // it,
+                                       buf.data.ptr, stream)
+    shell.forward_ptrs(x.data.ptr, 0, 0, 0, y.data.ptr, B, H, stream, kspec=kspec, scale=scale)
+    return y

@@ -8,6 +8,7 @@ import concurrent.futures
 import dataclasses
 import os
 import re
+import struct
 import sys
 
 import numpy as np
@@ -416,6 +417,41 @@ def test_shipped_params_struct_matches_its_dtype():
                         arch=arch)
         lc.check_layout(lc.load_source("params.cuh"), "BwdParams",
                         lc.params_dtype(fused.BWD_PARAMS_FIELDS), arch=arch)
+        lc.check_layout(lc.load_source("kspec.cuh"), "KspecParams",
+                        lc.params_dtype(fused.KSPEC_PARAMS_FIELDS), arch=arch)
+        lc.check_layout(lc.load_source("kspec.cuh"), "DkParams",
+                        lc.params_dtype(fused.DK_PARAMS_FIELDS), arch=arch)
+
+
+@pytest.mark.parametrize("fields", ["conv", "bwd", "kspec", "dk", "padded"])
+def test_struct_for_packs_what_numpy_lays_out(fields):
+    """The launch path's struct packer writes the bytes of the structured NumPy array."""
+    fused = pytest.importorskip("longconv._fused")
+    fields = {"conv": fused.PARAMS_FIELDS, "bwd": fused.BWD_PARAMS_FIELDS,
+              "kspec": fused.KSPEC_PARAMS_FIELDS, "dk": fused.DK_PARAMS_FIELDS,
+              "padded": [("a", "i32"), ("p", "ptr"), ("f", "f32"), ("u", "u32"),
+                         ("d", "f64"), ("b", "i32")]}[fields]
+    dt = lc.params_dtype(fields)
+    rng = np.random.default_rng(len(fields))
+    lim = {"ptr": (0, 2**64), "i64": (-2**63, 2**63), "u64": (0, 2**64), "i32": (-2**31, 2**31),
+           "u32": (0, 2**32)}
+    vals = {}
+    for name, c_type in fields:
+        if c_type in lim:
+            lo, hi = lim[c_type]
+            vals[name] = int(rng.integers(lo, hi, dtype=np.uint64 if lo == 0 else np.int64))
+        else:
+            vals[name] = float(np.float32(rng.standard_normal()))
+    st = lc.struct_for(dt)
+    assert st.size == dt.itemsize
+    buf = bytearray(st.size + 8)
+    st.pack_into(buf, 0, *(vals[name] for name, _ in fields))
+    got = np.frombuffer(bytes(buf[: st.size]), dtype=dt)[0]
+    want = lc.pack_params(dt, **vals)[0]  # (its padding bytes are whatever NumPy left there)
+    for name, _ in fields:
+        assert got[name] == want[name], name
+    with pytest.raises(struct.error):  # out of range for every field kind
+        st.pack_into(buf, 0, *([2**64] * len(fields)))
 
 
 # --------------------------------------------------------------------------
