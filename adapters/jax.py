@@ -222,11 +222,19 @@ def _fused_backward(g, u, k, *, causal, kernel_len):
     H = g.shape[-2]
     Hk, Lk = k.shape
     m = Lk if kernel_len is None else min(Lk, kernel_len)
-    plan = _fused.make_plan(cupy.ascontiguousarray(k[:, :m]), L,
-                            mode="causal" if causal else "same", io_dtype="float32",
-                            precision="half")
-    if plan is None or not plan.backward_supported:
-        return None
+    mode = "causal" if causal else "same"
+    shell = _fused.shell_for(Hk, m, L, mode, "float32")
+    kdt = np.dtype(k.dtype).name
+    if (shell is not None and shell.backward_supported and kdt in _KDT
+            and k.strides[1] == k.itemsize and k.strides[0] % k.itemsize == 0):
+        # the spectrum from the direct kernel into a copy of a cached plan shell
+        plan = shell.with_spectrum(k.data.ptr, kdt, k.strides[0] // k.itemsize,
+                                   cupy.cuda.get_current_stream().ptr)
+    else:
+        plan = _fused.make_plan(cupy.ascontiguousarray(k[:, :m]), L, mode=mode,
+                                io_dtype="float32", precision="half")
+        if plan is None or not plan.backward_supported:
+            return None
     res = plan.backward(cupy.ascontiguousarray(u.reshape(-1, H, L), dtype=cupy.float32),
                         cupy.ascontiguousarray(g.reshape(-1, H, L), dtype=cupy.float32),
                         need_x=True, need_k=True)
@@ -375,10 +383,86 @@ def _store(dst, y, xp):
     dst[...] = y
 
 
-def _run_buffers(kernel, ctx, outs, *bufs):
+_IO = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
+_KDT = ("float16", "float32", "float64")
+
+
+def _direct_forward(cfg, device_id, handle, outs, x, k, pre, post, skip):
+    """The fused forward straight on XLA's buffers (no CuPy views, no copy of the result):
+    the filter spectrum and the convolution launched on XLA's stream, ``y`` written into the
+    output buffer. ``cfg`` is ``(causal, precision, kernel_len, nd)``. Returns False, having
+    done nothing, where it does not serve the call (vmapped axes, gates not of x's shape and
+    dtype, skip, other dtypes or sizes); the general body then runs."""
+    causal, precision, kernel_len, nd = cfg
+    if skip is not None or len(x.shape) != nd or nd < 2:
+        return False
+    xdt, kdt = np.dtype(x.dtype).name, np.dtype(k.dtype).name
+    io = _IO.get(xdt)
+    if io is None or kdt not in _KDT or precision in ("single", "double") or (
+            io == "float32" and precision != "half"):
+        return False
+    if any(g is not None and (tuple(g.shape) != tuple(x.shape) or np.dtype(g.dtype).name != xdt)
+           for g in (pre, post)):
+        return False
+    H, L = int(x.shape[-2]), int(x.shape[-1])
+    B = math.prod(int(v) for v in x.shape[:-2])
+    Hk, Lk = (int(v) for v in k.shape)
+    if B * H * L == 0:
+        return False
+    import cupy
+
+    from longconv import _fused
+
+    m = Lk if kernel_len is None else min(Lk, kernel_len)
+    with cupy.cuda.Device(device_id):
+        shell = _fused.shell_for(Hk, m, L, "causal" if causal else "same", io)
+        if shell is None:
+            return False
+        with _xla_stream(cupy, handle, device_id):  # the scratch buffer belongs to this stream
+            buf = cupy.empty(shell.spectrum_bytes, dtype=cupy.uint8)
+        ins = [0 if a is None else _buffer_pointer(a) for a in (x, k, pre, post)]
+        out = _buffer_pointer(outs[0])
+        if _probe is not None:
+            _probe({"inputs": [p for p in ins if p], "outputs": [out], "stream": handle,
+                    "current_stream": handle, "device": device_id})
+        kspec, scale = shell.spectrum_into(ins[1], kdt, Lk, buf.data.ptr, handle)
+        shell.forward_ptrs(ins[0], ins[2], ins[3], 0, out, B, H, handle, kspec=kspec,
+                           scale=scale)
+    return True
+
+
+def _eager_direct(x, k, causal, precision, kernel_len):
+    """An eager call on concrete float16 GPU arrays (float32 with ``precision="half"``) through
+    the fused kernels' shortest path (``longconv._fused.cupy_convolve``) on DLPack views, or
+    None where that path does not serve it."""
+    jax = _jax()
+    if not (isinstance(x, jax.Array) and isinstance(k, jax.Array)):
+        return None
+    if x.dtype not in (np.float16, np.float32) or k.dtype not in (np.float16, np.float32,
+                                                                  np.float64):
+        return None
+    if _platform(x) != "gpu" or _platform(k) != "gpu" or x.devices() != k.devices():
+        return None
+    try:
+        from longconv import _fused
+    except ImportError:
+        return None
+    import cupy
+
+    xa, ka = cupy.from_dlpack(x), cupy.from_dlpack(k)
+    with cupy.cuda.Device(xa.device.id):
+        y = _fused.cupy_convolve(xa, ka, causal, precision, kernel_len)
+    return None if y is None else from_backend(y, None, x)
+
+
+def _run_buffers(kernel, ctx, outs, *bufs, direct=None):
     """Body of every buffer callback: views of the buffers, ``kernel(xp, *arrays)``, results
-    written into the outputs. GPU buffers: CuPy on XLA's stream; CPU buffers: NumPy."""
+    written into the outputs. GPU buffers: CuPy on XLA's stream; CPU buffers: NumPy.
+    ``direct``: ``(function, cfg)`` tried first on GPU buffers (:func:`_direct_forward`)."""
     dev_type, device_id = (int(v) for v in outs[0].__dlpack_device__())
+    if direct is not None and dev_type == _DL_CUDA and direct[0](
+            direct[1], device_id, int(ctx.stream), outs, *bufs):
+        return
     if dev_type == _DL_CPU:
         arrays = [None if b is None else np.asarray(b) for b in bufs]
         results = kernel(np, *arrays)
@@ -464,8 +548,8 @@ def _core(causal, has_pre, has_post, has_skip, precision, kernel_len, bf16, rout
     def pure(cb, outs, *args):
         return jax.pure_callback(cb, outs, *args, vmap_method="expand_dims")
 
-    def buffered(kernel, outs, *args):
-        call = _buffer_callback()(functools.partial(_run_buffers, kernel), outs,
+    def buffered(kernel, outs, *args, direct=None):
+        call = _buffer_callback()(functools.partial(_run_buffers, kernel, direct=direct), outs,
                                   vmap_method="expand_dims")
         return call(*args)
 
@@ -481,7 +565,8 @@ def _core(causal, has_pre, has_post, has_skip, precision, kernel_len, bf16, rout
         nd = x.ndim
         return by_platform(
             lambda *a: pure(functools.partial(host_forward, nd), outs, *a),
-            lambda *a: buffered(functools.partial(fwd_kernel, nd), outs, *a),
+            lambda *a: buffered(functools.partial(fwd_kernel, nd), outs, *a,
+                                direct=(_direct_forward, (causal, precision, kernel_len, nd))),
             x, k, pre, post, skip)[0]
 
     def call_backward(g, u, k):
@@ -581,6 +666,12 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     named = {"x": x, "k": k, "pregate": pregate, "postgate": postgate, "skip": skip}
     if not any(_is_tracer(v) for v in named.values()):
         from longconv import LongConv
+
+        if pregate is None and postgate is None and skip is None and freq_keep is None:
+            y = _eager_direct(x, k, causal, _validate.check_precision(precision),
+                              _validate.check_kernel_len(kernel_len))
+            if y is not None:
+                return y
 
         _validate.check_signal(np.shape(x))
         plan = LongConv._unbuilt(k, np.shape(x)[-1], causal=causal, precision=precision,

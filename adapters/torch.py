@@ -118,6 +118,45 @@ def from_backend(array, logical_dtype, like=None):
     return out
 
 
+def _raw_stream():
+    """``device -> handle`` of torch's current CUDA stream on that device (an int)."""
+    torch = _torch()
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None:
+        return raw
+    return lambda dev: torch.cuda.current_stream(dev).cuda_stream
+
+
+def fast_call(plan, x):
+    """A direct launch of the fused ``plan`` for later calls on tensors like ``x`` (same
+    shape, dtype and CUDA device, contiguous, no gradient recorded), on torch's current stream
+    with the output from torch's allocator; or None. The callable returns None for other
+    tensors (the general path then serves them, or raises)."""
+    torch = _torch()
+    if type(x) is not torch.Tensor or not x.is_cuda or x.numel() == 0 \
+            or not hasattr(plan, "forward_ptrs") or x.get_device() != plan.device:
+        return None
+    import cupy
+
+    shape, dtype, dev = x.shape, x.dtype, plan.device
+    H = shape[-2] if len(shape) >= 2 else 1
+    B = x.numel() // (H * shape[-1])
+    get_device = cupy.cuda.runtime.getDevice
+    stream = _raw_stream()
+    grad_enabled = torch.is_grad_enabled
+
+    def call(x):
+        if (x.shape != shape or x.dtype != dtype or x.get_device() != dev
+                or not x.is_contiguous() or (x.requires_grad and grad_enabled())
+                or get_device() != dev):
+            return None
+        y = torch.empty_like(x)
+        plan.forward_ptrs(x.data_ptr(), 0, 0, 0, y.data_ptr(), B, H, stream(dev))
+        return y
+
+    return call
+
+
 def _stream_barrier_after():
     """``fftconvolve_long`` / ``LongConv`` on CUDA tensors run on CuPy's current stream: make
     their result visible to torch's current stream when the two differ."""
@@ -272,6 +311,11 @@ def _run_convolve(x, k, causal, pregate, postgate, skip, precision, freq_keep):
         return _as_backend(t)[0]
 
     key = _call_key(x, k, pregate, postgate, skip, causal, precision, freq_keep)
+    if freq_keep is None and x.is_cuda and not torch.cuda.is_current_stream_capturing():
+        y = _fast_convolve(x, k, pregate, postgate, skip, causal, precision)
+        if y is not None:
+            _remember_eager_call(key)
+            return y
     with _on_torch_stream(x) as capturing:
         if capturing:
             _refuse_cold_capture(key, "longconv.convolve", x, k)
@@ -295,6 +339,113 @@ def _run_convolve(x, k, causal, pregate, postgate, skip, precision, freq_keep):
     if not capturing:
         _remember_eager_call(key)
     return out
+
+
+_IO_NAMES = {}
+_KDT = {}
+_MODULES = []
+
+
+def _modules():
+    """(longconv._fused, cupy), imported once."""
+    if not _MODULES:
+        import cupy
+
+        from longconv import _fused
+
+        _MODULES.extend((_fused, cupy))
+    return _MODULES
+
+
+def _fast_lane(x, k, causal, pregate, postgate, skip):
+    """``convolve`` of CUDA tensors that record no gradient, in plain eager mode and outside a
+    graph capture, straight to :func:`_fast_convolve` (before the general validation: it
+    returns None for anything but a well-formed call it serves). Returns None otherwise."""
+    torch = _torch()
+    ops = [t for t in (x, k, pregate, postgate, skip) if t is not None]
+    if not _plain_eager(ops):  # also: every operand a plain tensor
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in ops):
+        return None
+    if torch.cuda.is_current_stream_capturing():
+        return None
+    y = _fast_convolve(x, k, pregate, postgate, skip, causal, None)
+    if y is not None:
+        _remember_eager_call(_call_key(x, k, pregate, postgate, skip, causal, None, None))
+    return y
+
+
+def _fast_convolve(x, k, pregate, postgate, skip, causal, precision):
+    """The fused forward on CUDA tensors without CuPy arrays, plan objects or DLPack: the
+    filter spectrum (direct kernel) and the convolution launched on torch's current stream
+    into torch-allocated memory. Returns None where it does not serve the call (other dtypes,
+    FFT sizes or devices, gates that need broadcasting checks): the general path then runs."""
+    torch = _torch()
+    _fused = _modules()[0]
+    if not _IO_NAMES:
+        _IO_NAMES.update({torch.float16: "float16", torch.bfloat16: "bfloat16",
+                          torch.float32: "float32"})
+        _KDT.update({torch.float16: "float16", torch.float32: "float32",
+                     torch.float64: "float64"})
+    dt = x.dtype
+    io = _IO_NAMES.get(dt)
+    if io is None or precision in ("single", "double") or (io == "float32"
+                                                         and precision != "half"):
+        return None
+    if type(x) is not torch.Tensor or x.ndim < 1 or x.numel() == 0:
+        return None
+    shape = x.shape
+    L = shape[-1]
+    H = shape[-2] if len(shape) >= 2 else 1
+    dev = x.get_device()
+    if k.ndim not in (1, 2) or k.get_device() != dev or k.is_complex():
+        return None
+    Hk = 1 if k.ndim == 1 else k.shape[0]
+    if Hk not in (1, H) or k.shape[-1] < 1:
+        return None
+    if _modules()[1].cuda.runtime.getDevice() != dev:
+        return None
+    ptrs = []
+    for g in (pregate, postgate):
+        if g is None:
+            ptrs.append(0)
+            continue
+        if type(g) is not torch.Tensor or g.dtype != dt or g.get_device() != dev:
+            return None
+        if g.shape != shape:
+            try:
+                if torch.broadcast_shapes(g.shape, shape) != shape:
+                    return None
+            except RuntimeError:
+                return None
+            g = g.expand(shape)
+        g = g.detach().contiguous()
+        ptrs.append(g)
+    if skip is not None:
+        if (type(skip) is not torch.Tensor or skip.ndim > 1 or skip.numel() not in (1, H)
+                or skip.get_device() != dev or skip.is_complex()):
+            return None
+        skip = skip.detach().float().reshape(-1).expand(H).contiguous()
+    shell = _fused.shell_for(Hk, k.shape[-1], L, "causal" if causal else "same", io)
+    if shell is None:
+        return None
+    k2 = k.detach()
+    kdt = _KDT.get(k2.dtype)
+    if kdt is None:
+        k2, kdt = k2.float(), "float32"
+    k2 = k2.reshape(Hk, k2.shape[-1])
+    if k2.stride(-1) != 1:
+        k2 = k2.contiguous()
+    x = x.detach().contiguous()
+    stream = _raw_stream()(dev)
+    buf = torch.empty(shell.spectrum_bytes, dtype=torch.uint8, device=x.device)
+    y = torch.empty_like(x)
+    kspec, scale = shell.spectrum_into(k2.data_ptr(), kdt,
+                                       k2.stride(0) if Hk > 1 else 0, buf.data_ptr(), stream)
+    shell.forward_ptrs(x.data_ptr(), *(g if isinstance(g, int) else g.data_ptr() for g in ptrs),
+                       0 if skip is None else skip.data_ptr(), y.data_ptr(),
+                       x.numel() // (H * L), H, stream, kspec=kspec, scale=scale)
+    return y
 
 
 def _is_cuda_error(exc):
@@ -335,10 +486,38 @@ def _skip_grad(per_h, skip):
     return per_h.reshape(skip.shape).to(skip.dtype)
 
 
+_CUPY_DTYPES = {}
+
+
+def _cupy_view(t):
+    """A CuPy array over a contiguous CUDA tensor's memory: no copy and, unlike DLPack, no
+    stream handshake (several microseconds of torch stream objects per tensor), so only for
+    work on torch's current stream (inside :func:`_on_torch_stream`). bfloat16 becomes uint16
+    bit patterns; the tensor is kept alive by the array."""
+    torch = _torch()
+    cupy = _modules()[1]
+    if not _CUPY_DTYPES:
+        _CUPY_DTYPES.update({torch.float16: np.float16, torch.bfloat16: np.uint16,
+                             torch.float32: np.float32, torch.float64: np.float64})
+    if not t.is_contiguous():
+        t = t.contiguous()
+    dt = _CUPY_DTYPES[t.dtype]
+    shape = tuple(t.shape)
+    n = t.numel()
+    if n == 0:
+        return cupy.empty(shape, dt)
+    mem = cupy.cuda.UnownedMemory(t.data_ptr(), n * t.element_size(), t, t.get_device())
+    return cupy.ndarray(shape, dt, cupy.cuda.MemoryPointer(mem, 0))
+
+
 def _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need):
     """Every requested gradient from one launch of the fused backward kernel, or None when it
     does not serve the problem (CPU tensors, other dtypes, FFT sizes above its range, gates of
     another dtype): the caller then uses the exact formulas.
+
+    The filter spectrum comes from the direct kernel into a copy of a cached plan shell where
+    it serves (else a plan is built); inputs reach the kernel as views of the tensors' memory
+    and dx, dpregate, dpostgate are written straight into tensors from torch's allocator.
 
     Returns (dx, dk, dpregate, dpostgate, dskip)."""
     torch = _torch()
@@ -350,45 +529,62 @@ def _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need):
     if any(g is not None and g.dtype != x.dtype for g in (pregate, postgate)):
         return None
     try:
-        from longconv import _fused
+        _fused = _modules()[0]
     except ImportError:
         return None
     H, L = x.shape[-2], x.shape[-1]
-    k2 = k.detach().float().reshape(1 if k.ndim == 1 else k.shape[-2], k.shape[-1])
+    k2 = k.detach().float().reshape(1 if k.ndim == 1 else k.shape[-2], k.shape[-1]).contiguous()
     if k2.shape[0] not in (1, H) or dy.shape != x.shape:
         return None
     B = x.numel() // max(1, H * L)
     io = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}[x.dtype]
-    bf16 = io == "bfloat16"
+    mode = "causal" if causal else "same"
 
     def rows(t):
-        return None if t is None else _as_backend(t.detach().expand(x.shape).reshape(B, H, L))[0]
+        return None if t is None else _cupy_view(t.detach().expand(x.shape).reshape(B, H, L))
 
     with _on_torch_stream(x):
-        plan = _fused.make_plan(_as_backend(k2)[0], L, mode="causal" if causal else "same",
-                                io_dtype=io, precision=precision)
-        if plan is None or not plan.backward_supported:
-            return None
+        cupy = _modules()[1]
+        shell = _fused.shell_for(k2.shape[0], k2.shape[1], L, mode, io)
+        if shell is not None and shell.backward_supported:
+            plan = shell.with_spectrum(k2.data_ptr(), "float32", k2.stride(0) if H > 1 else 0,
+                                       cupy.cuda.get_current_stream().ptr)
+        else:
+            plan = _fused.make_plan(_cupy_view(k2), L, mode=mode, io_dtype=io,
+                                    precision=precision)
+            if plan is None or not plan.backward_supported:
+                return None
         sk = None
         if skip is not None:
-            sk = _as_backend(skip.detach().float().reshape(-1).expand(H).contiguous())[0]
+            sk = _cupy_view(skip.detach().float().reshape(-1).expand(H).contiguous())
+        outs, views = {}, {}
+        for name, wanted, given in (("x", need[0], True), ("pregate", need[2], pregate),
+                                    ("postgate", need[3], postgate)):
+            if wanted and given is not None:
+                outs[name] = torch.empty((B, H, L), dtype=x.dtype, device=x.device)
+                views[name] = _cupy_view(outs[name])
         res = plan.backward(rows(x), rows(dy), rows(pregate), rows(postgate), sk,
                             need_x=need[0], need_k=need[1], need_pregate=need[2],
-                            need_postgate=need[3], need_skip=need[4])
+                            need_postgate=need[3], need_skip=need[4], out=views)
 
-        def tensor(a):
-            return None if a is None else _to_tensor(a, "bfloat16" if bf16 else None, x)
+        def tensor(name):
+            a = res[name]
+            if a is None:
+                return None
+            if a is not views[name]:  # (empty problems return new arrays)
+                views[name][...] = a
+            return outs[name].reshape(x.shape)
 
-        dx = tensor(res["x"])
-        dx = None if dx is None else dx.reshape(x.shape)
-        dk = None
-        if res["k"] is not None:
-            dk = _to_tensor(res["k"], None, x).reshape(k.shape).to(k.dtype)
-        dpre = None if res["pregate"] is None else \
-            _reduce_to(tensor(res["pregate"]).reshape(x.shape), pregate)
-        dpost = None if res["postgate"] is None else \
-            _reduce_to(tensor(res["postgate"]).reshape(x.shape), postgate)
-        dskip = None if res["skip"] is None else _skip_grad(_to_tensor(res["skip"], None, x), skip)
+        def copied(a):
+            t = torch.empty(a.shape, dtype=torch.float32, device=x.device)
+            _cupy_view(t)[...] = a
+            return t
+
+        dx = tensor("x")
+        dk = None if res["k"] is None else copied(res["k"]).reshape(k.shape).to(k.dtype)
+        dpre = None if res["pregate"] is None else _reduce_to(tensor("pregate"), pregate)
+        dpost = None if res["postgate"] is None else _reduce_to(tensor("postgate"), postgate)
+        dskip = None if res["skip"] is None else _skip_grad(copied(res["skip"]), skip)
     return dx, dk, dpre, dpost, dskip
 
 
@@ -463,13 +659,42 @@ def _register_ops():
         return dx, dk, dpre, dpost, dskip, None, None
 
     convolve_op.register_autograd(backward, setup_context=setup_context)
-    return convolve_op, kgrad_op
+
+    class ConvolveFunction(torch.autograd.Function):
+        """The same forward and backward as ``longconv::convolve`` for eager calls: autograd
+        records it for about a quarter of the custom operator's dispatch cost."""
+
+        @staticmethod
+        def forward(ctx, x, k, pregate, postgate, skip, causal, precision):
+            ctx.causal, ctx.precision = causal, precision
+            ctx.save_for_backward(x, k, pregate, postgate, skip)
+            return _run_convolve(x, k, causal, pregate, postgate, skip, precision, None)
+
+        @staticmethod
+        def backward(ctx, dy):
+            return backward(ctx, dy)
+
+    return convolve_op, kgrad_op, ConvolveFunction
 
 
 # Registered at import, not on first call: torch.compile cannot trace a registration. This
 # module is imported only once a tensor reaches longconv, so importing longconv alone still
 # does not import torch.
-_CONVOLVE_OP, _KGRAD_OP = _register_ops()
+_CONVOLVE_OP, _KGRAD_OP, _CONVOLVE_FN = _register_ops()
+
+
+def _plain_eager(tensors):
+    """Whether the call runs in plain eager mode: no torch.compile tracing, no torch function
+    or dispatch modes (fake tensors, functionalization), no functorch transforms, plain
+    tensors. There the differentiable call goes through :class:`ConvolveFunction` instead of
+    the custom operator (which the other modes need: it has a fake implementation and a
+    schema)."""
+    torch = _torch()
+    C = torch._C
+    if (torch.compiler.is_compiling() or C._len_torch_dispatch_stack()
+            or C._is_torch_function_mode_enabled() or C._are_functorch_transforms_active()):
+        return False
+    return all(type(t) is torch.Tensor for t in tensors)
 
 
 def _wide(dtype):
@@ -514,6 +739,11 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     ``freq_keep`` and other dtypes run without recording gradients.
     """
     torch = _torch()
+    if (precision is None and kernel_len is None and freq_keep is None
+            and (causal is True or causal is False) and type(x) is torch.Tensor and x.is_cuda):
+        y = _fast_lane(x, k, causal, pregate, postgate, skip)
+        if y is not None:
+            return y
     causal = _validate.check_causal(causal)
     precision = _validate.check_precision(precision)
     kernel_len = _validate.check_kernel_len(kernel_len)
@@ -534,6 +764,10 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     present = [v for v in named.values() if v is not None]
     floating = all(_dtype_name(v) in _FLOATS for v in present)
     if floating and freq_keep is None:
+        if _plain_eager(present):
+            if torch.is_grad_enabled() and any(v.requires_grad for v in present):
+                return _CONVOLVE_FN.apply(x, k, pregate, postgate, skip, causal, precision)
+            return _run_convolve(x, k, causal, pregate, postgate, skip, precision, None)
         return _CONVOLVE_OP(x, k, pregate, postgate, skip, causal, precision)
     if torch.is_grad_enabled() and any(v.requires_grad for v in present):
         what = "freq_keep" if freq_keep is not None else "complex or integer dtypes"

@@ -21,7 +21,8 @@ Cases (each in float16 and float32; the GPU ones only with CuPy and a CUDA devic
 * ``cupy LongConv``: ``plan(x)``, a plan built once (filter spectrum cached);
 * ``cupy convolve``: ``longconv.convolve(x, k)`` (plan and filter spectrum on every call);
 * ``torch.fft`` (reference): ``irfft(rfft(x, 2L) * rfft(k, 2L))[..., :L]`` in torch;
-* ``torch convolve``: ``longconv.convolve`` on tensors (the custom operator), no gradient;
+* ``torch LongConv``: ``plan(x)`` on CUDA tensors, a plan built once;
+* ``torch convolve``: ``longconv.convolve`` on tensors, no gradient;
 * ``torch convolve fwd+bwd``: the same with ``x`` and ``k`` requiring grad, then
   ``y.backward(dy)``;
 * ``torch cpu convolve``: CPU tensors (CPU backend; reference).
@@ -183,8 +184,10 @@ def cases(B, H, L, dtype, rng):
             def fwd_bwd():
                 longconv.convolve(xr, kr).backward(dy)
 
+            tplan = longconv.LongConv(kg, L)
             out += [
                 ("torch.fft", "torch", torch_clock, torch_fft),
+                ("torch LongConv", "torch", torch_clock, lambda: tplan(xg)),
                 ("torch convolve", "torch", torch_clock, lambda: longconv.convolve(xg, kg)),
                 ("torch convolve fwd+bwd", "torch", torch_clock, fwd_bwd),
             ]

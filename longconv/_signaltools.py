@@ -447,9 +447,25 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
                 _check_no_device(device, f"{ad.KIND} arrays")
         return own(x, k, causal, pregate=pregate, postgate=postgate, skip=skip,
                    precision=precision, kernel_len=kernel_len, freq_keep=freq_keep)
+    if (ad.KIND == "cupy" and device != "cpu" and pregate is None and postgate is None
+            and skip is None and freq_keep is None and type(k) is type(x)):
+        y = _fused_convolve(x, k, causal, _validate.check_precision(precision),
+                            _validate.check_kernel_len(kernel_len))
+        if y is not None:
+            return y
     xa, xdt = _arrays.to_backend(x, ad)
     _validate.check_numeric_dtype(xdt, "x")
     _validate.check_signal(xa.shape)
     plan = LongConv._unbuilt(k, xa.shape[-1], causal=causal, precision=precision,
                              kernel_len=kernel_len, freq_keep=freq_keep, device=device)
     return plan(x, pregate=pregate, postgate=postgate, skip=skip)
+
+
+def _fused_convolve(x, k, causal, precision, kernel_len):
+    """The fused kernels' shortest path for a small CuPy call (``_fused.cupy_convolve``), or
+    None where it does not serve the call."""
+    try:
+        from . import _fused
+    except ImportError:  # pragma: no cover - CuPy arrays came in, so CuPy imports
+        return None
+    return _fused.cupy_convolve(x, k, causal, precision, kernel_len)

@@ -1,0 +1,326 @@
+"""The filter-spectrum kernels and the short call paths built on them (needs a CUDA device).
+
+The spectrum kernels (``cuda_src/kspec.cuh``) against the float64 formula they replace; the
+direct launches (CuPy ``convolve``, ``LongConv`` calls, torch's eager path) against the general
+path, which they must match bit for bit (same kernels, same spectrum), and the oracle.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import longconv
+from longconv import testing
+
+pytestmark = pytest.mark.gpu
+
+cp = pytest.importorskip("cupy")
+_fused = pytest.importorskip("longconv._fused")
+
+
+def spectrum_reference(k, plan):
+    """(spectrum in storage order, multiplier) in float64, as the kernels define them."""
+    k = np.asarray(k, dtype=np.float64)
+    N = plan.n
+    taps = min(plan.Lk, plan.L) if plan.mode == "causal" else plan.Lk
+    kk = k[:, :taps]
+    if plan.mode == "circular":
+        L = plan.L
+        pad = np.zeros((kk.shape[0], -(-plan.Lk // L) * L))
+        pad[:, : plan.Lk] = kk
+        kk = pad.reshape(kk.shape[0], -1, L).sum(axis=1)
+    spec = np.fft.fft(kk, N, axis=-1) / math.sqrt(N)
+    if plan.freq_keep is not None:
+        keep = math.ceil(plan.freq_keep * (N // 2 + 1))
+        j = np.arange(N)
+        spec = spec * (np.minimum(j, N - j) < keep)
+    peak = np.abs(spec).max()
+    scale = 2.0 ** math.ceil(math.log2(peak)) if 0 < peak < np.inf else 1.0
+    return spec[:, _fused.storage_order(N)] / scale, scale
+
+
+CASES = [  # (Hk, Lk, L, mode, freq_keep)
+    (1, 256, 256, "causal", None),
+    (3, 1000, 700, "causal", None),       # taps past L are cut
+    (2, 100, 300, "circular", None),      # folded circular, N >= 2L - 1
+    (2, 1500, 512, "circular", None),     # N = L, three turns of the circle
+    (4, 77, 1000, "same", None),
+    (1, 300, 200, "valid", None),
+    (2, 5000, 3000, "full", None),        # two tap passes of the direct kernel
+    (2, 1024, 1024, "causal", 0.3),
+]
+
+
+PATHS = ["single", "blocks", "gather"]
+
+
+def spectrum_path(monkeypatch, path):
+    """Force one of the spectrum kernels' three ways: one block that also scales, several
+    blocks and the finalize launch, cuFFT and the gather launch."""
+    monkeypatch.setattr(_fused, "KSPEC_DFT_MAX_WORK", 0 if path == "gather" else 1 << 40)
+    monkeypatch.setattr(_fused, "KSPEC_SINGLE_BLOCK_WORK", 1 << 40 if path == "single" else 0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("kdtype", ["float16", "float32", "float64"])
+def test_spectrum_kernels_match_the_float64_formula(rng, monkeypatch, path, case, kdtype):
+    Hk, Lk, L, mode, keep = case
+    spectrum_path(monkeypatch, path)
+    k = rng.standard_normal((Hk, Lk)).astype(kdtype)
+    plan = _fused.FusedPlan(cp.asarray(k), L, mode=mode, io_dtype="float16", freq_keep=keep)
+    assert plan.direct_spectrum == (path != "gather")
+    assert plan._single == (path == "single")
+    want, scale = spectrum_reference(k, plan)
+    got = plan._kspec.get()
+    assert float(plan._out_scale_dev.get()[0]) == scale
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 2e-6, err
+
+
+def test_spectrum_of_a_non_contiguous_and_integer_filter(rng):
+    k = rng.standard_normal((3, 600))
+    kc = cp.asarray(k)[:, ::2]  # strided taps: copied before the direct kernel
+    plan = _fused.FusedPlan(kc, 300, mode="causal", io_dtype="float16")
+    want, _ = spectrum_reference(k[:, ::2], plan)
+    assert np.abs(plan._kspec.get() - want).max() < 2e-6 * np.abs(want).max()
+    ki = cp.asarray(rng.integers(-3, 4, (2, 50)))
+    plan = _fused.FusedPlan(ki, 256, mode="causal", io_dtype="float16")
+    want, _ = spectrum_reference(ki.get(), plan)
+    assert np.abs(plan._kspec.get() - want).max() < 2e-6 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("value", [0.0, np.inf, np.nan])
+def test_spectrum_multiplier_of_degenerate_filters(monkeypatch, path, value):
+    spectrum_path(monkeypatch, path)
+    k = np.zeros((2, 64), dtype=np.float32)
+    k[1, 3] = value
+    plan = _fused.FusedPlan(cp.asarray(k), 256, mode="causal", io_dtype="float16")
+    assert float(plan._out_scale_dev.get()[0]) == 1.0
+    x = cp.ones((1, 2, 256), dtype=cp.float16)
+    y = plan(x).get()
+    assert np.all(y[0, 0] == 0)
+    if value == 0:
+        assert np.all(y == 0)
+    else:
+        assert not np.all(np.isfinite(y[0, 1]))
+
+
+def test_update_keeps_the_plan_and_recomputes(rng):
+    k1 = cp.asarray(rng.standard_normal((2, 300)).astype(np.float32))
+    k2 = k1 * 1000
+    x = testing.random_array(rng, (3, 2, 500), "float16", xp=cp)
+    plan = _fused.FusedPlan(k1, 500, mode="causal", io_dtype="float16")
+    y1 = plan(x).astype(cp.float32)
+    plan.update(k2)
+    y2 = plan(x).astype(cp.float32)
+    testing.assert_close(y2, testing.reference_convolve(x, k2), "float16")
+    testing.assert_close(y2 / 1000, y1, "float16")
+
+
+@pytest.mark.parametrize("case", [  # (B, H, Hk, L, Lk, mode)
+    (3, 2, 2, 256, 256, "causal"),
+    (5, 3, 1, 700, 300, "same"),      # one filter for every channel: dk summed over them
+    (2, 2, 2, 300, 900, "causal"),    # taps past L get no gradient
+    (4, 1, 1, 1000, 257, "valid"),
+    (2, 2, 2, 512, 1500, "circular"),  # three turns of the circle
+    (64, 2, 2, 2048, 2048, "causal"),  # several tiles and slots per channel
+])
+def test_backward_dk_kernel_matches_the_fft_reduction(rng, monkeypatch, case):
+    B, H, Hk, L, Lk, mode = case
+    k = cp.asarray(rng.standard_normal((Hk, Lk)).astype(np.float32))
+    plan = _fused.FusedPlan(k, L, mode=mode, io_dtype="float16")
+    x = testing.random_array(rng, (B, H, L), "float16", xp=cp)
+    dy = testing.random_array(rng, (B, H, plan.Lout), "float16", xp=cp)
+    got = plan.backward(x, dy, need_x=False)["k"]
+    monkeypatch.setattr(_fused, "DK_DIRECT_MAX_WORK", -1)
+    want = plan.backward(x, dy, need_x=False)["k"]
+    assert got.shape == want.shape == (Hk, Lk) and got.dtype == cp.float32
+    err = float(cp.abs(got - want).max() / cp.abs(want).max())
+    assert err < 1e-5, err
+
+
+# ------------------------------------------------------------------------- CuPy short paths
+
+
+def _general(monkeypatch, fn):
+    """``fn()`` with the CuPy short path switched off."""
+    with monkeypatch.context() as m:
+        m.setattr(_fused, "cupy_convolve", lambda *a, **kw: None)
+        return fn()
+
+
+@pytest.mark.parametrize("shape,kshape,causal", [
+    ((2, 3, 256), (3, 256), True),
+    ((1, 1, 256), (1, 256), True),
+    ((5, 4, 1000), (4, 333), False),
+    ((4, 777), (777,), True),         # 2-D x, shared filter
+    ((300,), (40,), True),            # 1-D x
+    ((2, 2, 3, 2048), (1, 4000), True),
+])
+@pytest.mark.parametrize("kdtype", ["float16", "float32", "float64"])
+def test_cupy_convolve_short_path_matches_the_general_one(rng, monkeypatch, shape, kshape,
+                                                          causal, kdtype):
+    x = testing.random_array(rng, shape, "float16", xp=cp)
+    k = cp.asarray(rng.standard_normal(kshape).astype(kdtype))
+    seen = []
+    real = _fused.cupy_convolve
+
+    def spy(*a):
+        y = real(*a)
+        seen.append(y is not None)
+        return y
+
+    monkeypatch.setattr(_fused, "cupy_convolve", spy)
+    y = longconv.convolve(x, k, causal)
+    assert seen == [True]
+    ref = _general(monkeypatch, lambda: longconv.convolve(x, k, causal))
+    assert y.dtype == cp.float16 and y.shape == x.shape
+    assert cp.array_equal(y, ref)
+    testing.assert_close(y, testing.reference_convolve(x, k, causal=causal), "float16")
+
+
+def test_cupy_convolve_short_path_declines_what_it_does_not_serve(rng):
+    x = testing.random_array(rng, (2, 3, 512), "float16", xp=cp)
+    k = cp.asarray(rng.standard_normal((3, 512)).astype(np.float32))
+    assert _fused.cupy_convolve(x, k, True, None, None) is not None
+    assert _fused.cupy_convolve(x[:, :, ::2], k, True, None, None) is None  # not contiguous
+    assert _fused.cupy_convolve(x, k.astype(cp.int32), True, None, None) is None
+    assert _fused.cupy_convolve(x, k, True, "single", None) is None
+    assert _fused.cupy_convolve(x.astype(cp.float32), k, True, None, None) is None
+    assert _fused.cupy_convolve(x, k[:2], True, None, None) is None  # general path raises
+    with pytest.raises(ValueError):
+        longconv.convolve(x, k[:2])
+    big = cp.zeros((1, 1, 40000), dtype=cp.float16)  # beyond the fused sizes
+    assert _fused.cupy_convolve(big, cp.ones((1, 40000), cp.float32), True, None, None) is None
+
+
+def test_cupy_convolve_short_path_kernel_len(rng, monkeypatch):
+    x = testing.random_array(rng, (2, 3, 700), "float16", xp=cp)
+    k = cp.asarray(rng.standard_normal((3, 900)).astype(np.float32))
+    y = longconv.convolve(x, k, kernel_len=100)
+    ref = _general(monkeypatch, lambda: longconv.convolve(x, k, kernel_len=100))
+    assert cp.array_equal(y, ref)
+    testing.assert_close(y, testing.reference_convolve(x, k[:, :100]), "float16")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_longconv_direct_calls(rng, dtype):
+    H, L = 4, 1000
+    k = cp.asarray(rng.standard_normal((H, 500)).astype(np.float32))
+    plan = longconv.LongConv(k, L, dtype=dtype)
+    x = testing.random_array(rng, (3, H, L), dtype, xp=cp)
+    y1 = plan(x)  # general path, sets up the direct one
+    assert plan._fast is not None
+    y2 = plan(x)
+    assert cp.array_equal(y1, y2) and y2.dtype == y1.dtype
+    testing.assert_close(y2, testing.reference_convolve(testing.to_host(x, dtype), k.get()),
+                         dtype)
+    # another batch size, a non-contiguous input: the general path again, still right
+    x2 = testing.random_array(rng, (2, H, 2 * L), dtype, xp=cp)[:, :, ::2]
+    y3 = plan(x2)
+    testing.assert_close(y3, testing.reference_convolve(testing.to_host(x2, dtype), k.get()),
+                         dtype)
+    # update: the new filters are used
+    plan.update(k * 2)
+    y4 = plan(x)
+    assert plan(x) is not None
+    testing.assert_close(testing.to_host(y4, dtype) / 2, testing.to_host(y1, dtype),
+                         rtol=testing.tolerance(dtype))
+
+
+def test_longconv_built_on_one_stream_called_on_another(rng):
+    H, L = 8, 4096
+    k = cp.asarray(rng.standard_normal((H, L)).astype(np.float32))
+    x = testing.random_array(rng, (16, H, L), "float16", xp=cp)
+    s1, s2 = cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)
+    for it in range(3):
+        with s1:
+            busy = cp.ones((2048, 2048), cp.float32)
+            for _ in range(4):
+                busy = busy @ busy / 2048  # keeps s1 busy while the spectrum waits behind it
+            plan = longconv.LongConv(k * (it + 1), L, dtype="float16")
+        with s2:
+            y1 = plan(x)  # general path on s2
+            y2 = plan(x)  # direct launch on s2
+            s2.synchronize()
+        for y in (y1, y2):
+            testing.assert_close(y, testing.reference_convolve(x, k * (it + 1)), "float16")
+
+
+# ------------------------------------------------------------------------ torch short paths
+
+
+@pytest.fixture
+def torch():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    return torch
+
+
+@pytest.mark.parametrize("tdtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("causal", [True, False])
+def test_torch_eager_path_matches_the_custom_operator(torch, rng, tdtype, gated, causal):
+    from longconv.adapters import torch as lt
+
+    dt = getattr(torch, tdtype)
+    B, H, L = 3, 4, 600
+    x = torch.randn(B, H, L, device="cuda", dtype=dt)
+    k = torch.randn(H, 300, device="cuda")
+    pre = torch.randn(B, H, L, device="cuda", dtype=dt) if gated else None
+    post = torch.randn(1, H, L, device="cuda", dtype=dt) if gated else None  # broadcast
+    skip = torch.randn(H, device="cuda") if gated else None
+    y = longconv.convolve(x, k, causal, pregate=pre, postgate=post, skip=skip)
+    real = lt._fast_convolve
+    lt._fast_convolve = lambda *a: None  # the general path (DLPack, plan objects)
+    try:
+        ref = lt._CONVOLVE_OP(x, k, pre, post, skip, causal, None)
+    finally:
+        lt._fast_convolve = real
+    assert y.dtype == dt and torch.equal(y, ref)
+    # gradients: the eager autograd.Function against the custom operator's
+    leaves = [t.detach().clone().requires_grad_() for t in (x, k)]
+    y1 = longconv.convolve(*leaves, causal, pregate=pre, postgate=post, skip=skip)
+    assert type(y1.grad_fn).__name__.startswith("ConvolveFunction")
+    dy = torch.randn_like(y1)
+    g1 = torch.autograd.grad(y1, leaves, dy)
+    leaves2 = [t.detach().clone().requires_grad_() for t in (x, k)]
+    y2 = lt._CONVOLVE_OP(*leaves2, pre, post, skip, causal, None)
+    g2 = torch.autograd.grad(y2, leaves2, dy)
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_torch_direct_paths_run_on_the_current_stream(torch, rng):
+    side = torch.cuda.Stream()
+    k = torch.randn(8, 4096, device="cuda")
+    plan = longconv.LongConv(k, 4096, dtype="float16")
+    plan(torch.zeros(2, 8, 4096, device="cuda", dtype=torch.float16))  # sets up direct calls
+    torch.cuda.synchronize()
+    with torch.cuda.stream(side):
+        a = torch.randn(4096, 4096, device="cuda")
+        for _ in range(3):
+            a = a @ a / 64  # keeps the stream busy
+        x = (a[:16] * 0 + 1).reshape(2, 8, 4096).half()  # ready only once the products are
+        y = longconv.convolve(x, k)
+        p1 = plan(x)  # direct launches
+        p2 = plan(x)
+        z = torch.stack([y, p1, p2]) * 2
+    side.synchronize()
+    ref = testing.reference_convolve(np.ones((2, 8, 4096)), k.cpu().numpy())
+    for t in z:
+        testing.assert_close(t.float().cpu().numpy() / 2, ref, "float16")
+
+
+def test_torch_longconv_direct_call_refuses_grad(torch):
+    k = torch.randn(2, 256, device="cuda")
+    plan = longconv.LongConv(k, 256)
+    x = torch.randn(1, 2, 256, device="cuda", dtype=torch.float16)
+    plan(x)
+    plan(x)
+    with pytest.raises(TypeError, match="record no gradients"):
+        plan(x.requires_grad_())
