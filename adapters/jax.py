@@ -225,11 +225,10 @@ def _fused_backward(g, u, k, *, causal, kernel_len):
     mode = "causal" if causal else "same"
     shell = _fused.shell_for(Hk, m, L, mode, "float32")
     kdt = np.dtype(k.dtype).name
-    if (shell is not None and shell.backward_supported and kdt in _KDT
-            and k.strides[1] == k.itemsize and k.strides[0] % k.itemsize == 0):
+    stride = _fused.row_stride(k)
+    if shell is not None and shell.backward_supported and kdt in _KDT and stride is not None:
         # the spectrum from the direct kernel into a copy of a cached plan shell
-        plan = shell.with_spectrum(k.data.ptr, kdt, k.strides[0] // k.itemsize,
-                                   cupy.cuda.get_current_stream().ptr)
+        plan = shell.with_spectrum(k.data.ptr, kdt, stride, cupy.cuda.get_current_stream().ptr)
     else:
         plan = _fused.make_plan(cupy.ascontiguousarray(k[:, :m]), L, mode=mode,
                                 io_dtype="float32", precision="half")
@@ -383,7 +382,7 @@ def _store(dst, y, xp):
     dst[...] = y
 
 
-_IO = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
+_IO = ("float16", "bfloat16", "float32")
 _KDT = ("float16", "float32", "float64")
 
 
@@ -396,12 +395,11 @@ def _direct_forward(cfg, device_id, handle, outs, x, k, pre, post, skip):
     causal, precision, kernel_len, nd = cfg
     if skip is not None or len(x.shape) != nd or nd < 2:
         return False
-    xdt, kdt = np.dtype(x.dtype).name, np.dtype(k.dtype).name
-    io = _IO.get(xdt)
-    if io is None or kdt not in _KDT or precision in ("single", "double") or (
+    io, kdt = np.dtype(x.dtype).name, np.dtype(k.dtype).name
+    if io not in _IO or kdt not in _KDT or precision in ("single", "double") or (
             io == "float32" and precision != "half"):
         return False
-    if any(g is not None and (tuple(g.shape) != tuple(x.shape) or np.dtype(g.dtype).name != xdt)
+    if any(g is not None and (tuple(g.shape) != tuple(x.shape) or np.dtype(g.dtype).name != io)
            for g in (pre, post)):
         return False
     H, L = int(x.shape[-2]), int(x.shape[-1])

@@ -136,12 +136,10 @@ def fast_call(plan, x):
     if type(x) is not torch.Tensor or not x.is_cuda or x.numel() == 0 \
             or not hasattr(plan, "forward_ptrs") or x.get_device() != plan.device:
         return None
-    import cupy
-
     shape, dtype, dev = x.shape, x.dtype, plan.device
     H = shape[-2] if len(shape) >= 2 else 1
     B = x.numel() // (H * shape[-1])
-    get_device = cupy.cuda.runtime.getDevice
+    get_device = _modules()[1].cuda.runtime.getDevice
     stream = _raw_stream()
     grad_enabled = torch.is_grad_enabled
 
@@ -346,6 +344,18 @@ _KDT = {}
 _MODULES = []
 
 
+def _io_names():
+    """(I/O dtype names of the fused kernels, filter dtype names of the spectrum kernel) by
+    torch dtype."""
+    if not _IO_NAMES:
+        torch = _torch()
+        _IO_NAMES.update({torch.float16: "float16", torch.bfloat16: "bfloat16",
+                          torch.float32: "float32"})
+        _KDT.update({torch.float16: "float16", torch.float32: "float32",
+                     torch.float64: "float64"})
+    return _IO_NAMES, _KDT
+
+
 def _modules():
     """(longconv._fused, cupy), imported once."""
     if not _MODULES:
@@ -382,13 +392,9 @@ def _fast_convolve(x, k, pregate, postgate, skip, causal, precision):
     FFT sizes or devices, gates that need broadcasting checks): the general path then runs."""
     torch = _torch()
     _fused = _modules()[0]
-    if not _IO_NAMES:
-        _IO_NAMES.update({torch.float16: "float16", torch.bfloat16: "bfloat16",
-                          torch.float32: "float32"})
-        _KDT.update({torch.float16: "float16", torch.float32: "float32",
-                     torch.float64: "float64"})
+    io_names, k_names = _io_names()
     dt = x.dtype
-    io = _IO_NAMES.get(dt)
+    io = io_names.get(dt)
     if io is None or precision in ("single", "double") or (io == "float32"
                                                          and precision != "half"):
         return None
@@ -430,7 +436,7 @@ def _fast_convolve(x, k, pregate, postgate, skip, causal, precision):
     if shell is None:
         return None
     k2 = k.detach()
-    kdt = _KDT.get(k2.dtype)
+    kdt = k_names.get(k2.dtype)
     if kdt is None:
         k2, kdt = k2.float(), "float32"
     k2 = k2.reshape(Hk, k2.shape[-1])
@@ -537,7 +543,7 @@ def _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need):
     if k2.shape[0] not in (1, H) or dy.shape != x.shape:
         return None
     B = x.numel() // max(1, H * L)
-    io = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}[x.dtype]
+    io = _io_names()[0][x.dtype]
     mode = "causal" if causal else "same"
 
     def rows(t):

@@ -1,11 +1,12 @@
-// Filter spectra in the fused kernels' layout, computed on the device in two launches.
+// Filter spectra in the fused kernels' layout, computed on the device in one to three launches.
 //
 // The fused kernels read each filter's spectrum K[f] = sum_t k[t] W_N^(f t) / sqrt(N), in the
 // order their in-place transform leaves the signal's spectrum (pos[f]: storage slot of bin f,
 // longconv/_fused.py spectrum_order), scaled by a power of two so that max |K| lies in (1/2, 1]
 // (the fp16 range bound of the product); the power of two is the output multiplier, kept in
 // device memory. Computing that took a float64 cuFFT transform and about fifteen small array
-// operations per filter update; these two kernels do it in two launches:
+// operations per filter update; these kernels do it in one launch (small problems: one block
+// that also scales) or two (and a cuFFT rfft before the gather for large ones):
 //
 //   lc_kspec_dft_{f32,f64,f16} / lc_kspec_gather: K[f] for f <= N / 2 of every filter, written to
 //       pos[f] and (conjugated, k being real) pos[N - f]; each block's max |K| to partial[b].

@@ -863,15 +863,13 @@ class Launcher:
     per size.
     """
 
-    __slots__ = ("kernel", "struct", "fptr", "device", "threads", "_smem_ok", "__weakref__")
+    __slots__ = ("kernel", "struct", "fptr", "threads", "_smem_ok")
 
     def __init__(self, kernel, dtype: np.dtype, threads: int):
-        cupy = _cupy()
         self.kernel = kernel
         self.struct = struct_for(dtype)
         if self.struct.size > 1024:  # pragma: no cover - every params struct is far smaller
             raise ValueError("Launcher: params struct larger than the argument buffer")
-        self.device = cupy.cuda.runtime.getDevice()
         self.fptr = kernel.kernel.ptr
         self.threads = int(threads)
         self._smem_ok = DEFAULT_DYNAMIC_SMEM - int(getattr(kernel, "shared_size_bytes", 0) or 0)

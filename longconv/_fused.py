@@ -189,11 +189,13 @@ def storage_order(n: int) -> np.ndarray:
 
 
 def _frag_inverse(cupy, n):
-    """For each frequency, its element in the backward's dk sums ((segment, lane, 8)), cached."""
+    """For each frequency, its element in the backward's dk sums ((segment, lane, 8)), int32,
+    on the device (cached)."""
     key = ("frag", cupy.cuda.runtime.getDevice(), n)
     inv = _ORDERS.get(key)
     if inv is None:
-        inv = _ORDERS[key] = cupy.asarray(np.argsort(spectrum_order(n).reshape(-1)))
+        inv = _ORDERS[key] = cupy.asarray(
+            np.argsort(spectrum_order(n).reshape(-1)).astype(np.int32))
     return inv
 
 
@@ -205,16 +207,6 @@ def _kspec_pos(cupy, n):
     if pos is None:
         pos = _ORDERS[key] = cupy.asarray(np.argsort(storage_order(n)).astype(np.int32))
     return pos
-
-
-def _frag_inverse_i32(cupy, n):
-    """:func:`_frag_inverse` as int32 (the dk kernel's table), cached."""
-    key = ("frag32", cupy.cuda.runtime.getDevice(), n)
-    inv = _ORDERS.get(key)
-    if inv is None:
-        inv = _ORDERS[key] = cupy.asarray(
-            np.argsort(spectrum_order(n).reshape(-1)).astype(np.int32))
-    return inv
 
 
 _WTAB = {}
@@ -254,6 +246,14 @@ def _smem_budget(info, per_pair: int) -> int:
     """
     budget = min(info.smem_optin, info.smem_per_sm // 2 - 8192, 65536)
     return budget if per_pair <= budget else info.smem_optin
+
+
+def row_stride(k):
+    """Elements between the rows of a 2-D device array whose rows are contiguous (what the
+    spectrum kernels read), or None."""
+    it = k.itemsize
+    s0, s1 = k.strides
+    return s0 // it if s1 == it and s0 % it == 0 and s0 >= 0 else None
 
 
 def _aligned16(a) -> bool:
@@ -411,15 +411,22 @@ class FusedPlan:
         (:attr:`spectrum_bytes`, 16-byte aligned) on the stream handle ``stream``. Only for
         plans with :attr:`direct_spectrum`. Returns ``(spectrum, multiplier)`` addresses for
         :meth:`forward_ptrs`."""
+        return self._spectrum_launches("lc_kspec_" + _DFT_ENTRY[k_dtype], k, 0, k_stride, buf,
+                                       stream)
+
+    def _spectrum_launches(self, entry, k, rspec, k_stride, buf, stream):
+        """The direct (``k``) or gather (``rspec``) launch, then the finalize launch unless one
+        block also scaled: ``(spectrum, multiplier)`` addresses in ``buf``."""
         kspec, scale = buf, buf + 8 * self.Hk * self.n
         partial = scale + 16
-        key = _DFT_ENTRY[k_dtype]
-        self._kspec_launcher(key)(self._kspec_grid, 0, stream, (
-            k, 0, self._pos_ptr(), self._wtn_ptr, kspec, partial, scale,
-            self.Hk, self._taps, k_stride, self._wrap, self.n, self._keep, self._nparts,
+        self._launcher(entry, KSPEC_PARAMS_DTYPE, KSPEC_THREADS)(self._kspec_grid, 0, stream, (
+            k, rspec, _kspec_pos(_cupy(), self.n).data.ptr, self._wtn_ptr, kspec, partial,
+            scale, self.Hk, self._taps, k_stride, self._wrap, self.n, self._keep, self._nparts,
             1.0 / math.sqrt(self.n)))
         if not self._single:
-            self._finalize(kspec, scale, partial, stream)
+            self._launcher("lc_kspec_finalize", KSPEC_PARAMS_DTYPE, KSPEC_THREADS)(
+                self._final_grid, 0, stream, (0, 0, 0, 0, kspec, partial, scale, self.Hk, 0, 0,
+                                              0, self.n, self._keep, self._nparts, 0.0))
         return kspec, scale
 
     def with_spectrum(self, k, k_dtype, k_stride, stream):
@@ -435,21 +442,14 @@ class FusedPlan:
         plan._update_stream, plan._ready_seen = stream, True
         return plan
 
-    def _finalize(self, kspec, scale, partial, stream):
-        self._kspec_launcher("finalize")(self._final_grid, 0, stream, (
-            0, 0, 0, 0, kspec, partial, scale, self.Hk, 0, 0, 0, self.n, self._keep,
-            self._kspec_grid, 0.0))
-
-    def _kspec_launcher(self, which):
-        launch = self._launchers.get(which)
+    def _launcher(self, entry, dtype, threads):
+        """The :class:`_compile.Launcher` of a kernel entry point (cached; copies made by
+        :meth:`with_spectrum` share the cache)."""
+        launch = self._launchers.get(entry)
         if launch is None:
-            kernel = _compile.get_kernel(fused_key(), f"lc_kspec_{which}")
-            launch = self._launchers[which] = _compile.Launcher(
-                kernel, KSPEC_PARAMS_DTYPE, KSPEC_THREADS)
+            kernel = _compile.get_kernel(fused_key(), entry)
+            launch = self._launchers[entry] = _compile.Launcher(kernel, dtype, threads)
         return launch
-
-    def _pos_ptr(self):
-        return _kspec_pos(_cupy(), self.n).data.ptr
 
     def update(self, k):
         """Recompute the filter spectrum (same shape as before), on CuPy's current stream."""
@@ -466,10 +466,9 @@ class FusedPlan:
             if k.dtype.name not in _DFT_ENTRY:
                 k = k.astype(cupy.float64 if k.dtype.itemsize > 4 or k.dtype.kind in "iu"
                              else cupy.float32)
-            it = k.itemsize
-            if k.strides[1] != it or k.strides[0] % it or k.strides[0] < 0:
+            if row_stride(k) is None:
                 k = cupy.ascontiguousarray(k)
-            kspec, scale = self.spectrum_into(k.data.ptr, k.dtype.name, k.strides[0] // it,
+            kspec, scale = self.spectrum_into(k.data.ptr, k.dtype.name, row_stride(k),
                                               buf.data.ptr, stream.ptr)
         else:
             N = self.n
@@ -482,30 +481,29 @@ class FusedPlan:
                 padded[:, : self.Lk] = kk
                 kk = padded.reshape(self.Hk, reps, L).sum(axis=1)
             rspec = cupy.fft.rfft(kk, n=N, axis=-1)
-            kspec, scale = buf.data.ptr, buf.data.ptr + 8 * self.Hk * N
-            partial = scale + 16
-            self._kspec_launcher("gather")(self._kspec_grid, 0, stream.ptr, (
-                0, rspec.data.ptr, self._pos_ptr(), self._wtn_ptr, kspec, partial, scale,
-                self.Hk, 0, 0, 0, N, self._keep, self._kspec_grid, 1.0 / math.sqrt(N)))
-            self._finalize(kspec, scale, partial, stream.ptr)
+            kspec, scale = self._spectrum_launches("lc_kspec_gather", 0, rspec.data.ptr, 0,
+                                                   buf.data.ptr, stream.ptr)
         self._kbuf, self._kspec_ptr, self._scale_ptr = buf, kspec, scale
-        # launches on other streams wait for this update (_after_update)
+        # launches on other streams wait for this update (_own_spectrum)
         self._ready = cupy.cuda.Event(block=False, disable_timing=True)
         self._ready.record(stream)
         self._ready_seen = False
         self._update_stream = stream.ptr
         return self
 
-    def _after_update(self, stream):
-        """Order work on the stream handle ``stream`` after the last :meth:`update` (made on
-        another stream), until the update is seen complete."""
-        if self._kbuf is None:
-            raise RuntimeError("this fused plan has no spectrum of its own (a shell plan): "
-                               "pass one from spectrum_into")
-        if self._ready.done:
-            self._ready_seen = True
-        else:
-            _cupy().cuda.runtime.streamWaitEvent(stream, self._ready.ptr, 0)
+    def _own_spectrum(self, stream):
+        """The plan's spectrum and multiplier addresses for work on the stream handle
+        ``stream``, that work ordered after the last :meth:`update` when it was made on
+        another stream (until the update is seen complete)."""
+        if stream != self._update_stream and not self._ready_seen:
+            if self._kbuf is None:
+                raise RuntimeError("this fused plan has no spectrum of its own (a shell plan): "
+                                   "pass one from spectrum_into")
+            if self._ready.done:
+                self._ready_seen = True
+            else:
+                _cupy().cuda.runtime.streamWaitEvent(stream, self._ready.ptr, 0)
+        return self._kspec_ptr, self._scale_ptr
 
     @property
     def _kspec(self):
@@ -602,9 +600,7 @@ class FusedPlan:
         the callers validate.
         """
         if kspec is None:
-            kspec, scale = self._kspec_ptr, self._scale_ptr
-            if stream != self._update_stream and not self._ready_seen:
-                self._after_update(stream)
+            kspec, scale = self._own_spectrum(stream)
         grid, smem, pairs, n_tiles, tiles_per_h = self._tiles(B, H)
         L, Lout = self.L, self.Lout
         vec_in = L % 8 == 0 and x % 16 == 0 and pregate % 16 == 0
@@ -619,7 +615,8 @@ class FusedPlan:
         """(grid, shared memory bytes, arguments) of one launch on validated CuPy operands."""
         B, H, _ = (int(s) for s in x.shape)
         ptr = [0 if a is None else a.data.ptr for a in (x, pregate, postgate, skip, y)]
-        return self._tiles(B, H)[0], self._tiles(B, H)[1], (*ptr, B, H)
+        grid, smem = self._tiles(B, H)[:2]
+        return grid, smem, (*ptr, B, H)
 
     def launch(self, grid, smem, args):
         """Launch on CuPy's current stream with arguments from :meth:`launch_args`."""
@@ -641,14 +638,10 @@ class FusedPlan:
         ``(Hk, Lk)``, the channels summed when one filter serves them all."""
         cupy = _cupy()
         dk = cupy.empty((self.Hk, self.Lk), dtype=cupy.float32)
-        launch = self._launchers.get("dk")
-        if launch is None:
-            kernel = _compile.get_kernel(fused_key(), "lc_kspec_dk")
-            launch = self._launchers["dk"] = _compile.Launcher(kernel, DK_PARAMS_DTYPE,
-                                                               KSPEC_THREADS)
+        launch = self._launcher("lc_kspec_dk", DK_PARAMS_DTYPE, KSPEC_THREADS)
         items = self.Hk * -(-self.Lk // DK_TAPS)
         launch(min(items, KSPEC_MAX_BLOCKS * 4), 0, stream, (
-            dks.data.ptr, _frag_inverse_i32(cupy, self.n).data.ptr, self._wtn_ptr, dk.data.ptr,
+            dks.data.ptr, _frag_inverse(cupy, self.n).data.ptr, self._wtn_ptr, dk.data.ptr,
             H, self.Hk, self.Lk, self._dk_taps(H), S, self.n, int(self.mode == "circular")))
         return dk
 
@@ -755,17 +748,13 @@ class FusedPlan:
         vec_in = L % 8 == 0 and all(_aligned16(a) for a in (x, pregate, dx, dpre))
         vec_out = self.Lout % 8 == 0 and all(_aligned16(a) for a in (dy, postgate, dpost))
         want = ("u" if need_postgate else "") + ("g" if want_g else "") or "k"
-        launch = self._launchers.get(want)
-        if launch is None:
-            kernel = _compile.get_kernel(fused_key(), BWD_ENTRY[self.io_dtype][want])
-            launch = self._launchers[want] = _compile.Launcher(kernel, BWD_PARAMS_DTYPE, THREADS)
+        launch = self._launcher(BWD_ENTRY[self.io_dtype][want], BWD_PARAMS_DTYPE, THREADS)
         stream = cupy.cuda.get_current_stream().ptr
-        if stream != self._update_stream and not self._ready_seen:
-            self._after_update(stream)
+        kspec, scale = self._own_spectrum(stream)
         ptr = [0 if a is None else a.data.ptr
                for a in (x, pregate, dy, postgate, skip, dx, dpre, dpost, dks)]
         launch(grid, smem, stream, (
-            *ptr[:5], self._kspec_ptr, self._wtab_ptr, self._wtn_ptr, self._scale_ptr, *ptr[5:],
+            *ptr[:5], kspec, self._wtab_ptr, self._wtn_ptr, scale, *ptr[5:],
             B, H, L, self.Lout, self.out_offset, 0 if self.Hk == 1 else N // 2, n_tiles, splits,
             tile_pairs, N, pairs, self._prescale, int(vec_in), int(vec_out), slots, 1.0))
         res["x"], res["pregate"], res["postgate"] = dx, dpre, dpost
@@ -877,8 +866,8 @@ def cupy_convolve(x, k, causal, precision, kernel_len):
     dev = cupy.cuda.runtime.getDevice()
     if x.data.device_id != dev or k.data.device_id != dev:
         return None
-    it = k.itemsize
-    if k.strides[1] != it or k.strides[0] % it or k.strides[0] < 0:
+    stride = row_stride(k)
+    if stride is None:
         return None
     shell = shell_for(k.shape[0], k.shape[1], L, "causal" if causal else "same",
                       "float16" if dt == np.float16 else "float32")
@@ -888,7 +877,6 @@ def cupy_convolve(x, k, causal, precision, kernel_len):
     stream = cupy.cuda.get_current_stream().ptr
     y = cupy.empty(shape, dtype=dt)
     buf = cupy.empty(shell.spectrum_bytes, dtype=cupy.uint8)
-    kspec, scale = shell.spectrum_into(k.data.ptr, k.dtype.name, k.strides[0] // it,
-                                       buf.data.ptr, stream)
+    kspec, scale = shell.spectrum_into(k.data.ptr, k.dtype.name, stride, buf.data.ptr, stream)
     shell.forward_ptrs(x.data.ptr, 0, 0, 0, y.data.ptr, B, H, stream, kspec=kspec, scale=scale)
     return y
