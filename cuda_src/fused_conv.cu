@@ -64,10 +64,12 @@ __device__ __forceinline__ void outer_all(const P& p, const tile_ctx& tc, int lr
   const block_tables& bt = *tc.bt;
   fragA mr, mi, mni;
   if (!SCALED) {
-    const frag_table& mat = lr == 4 ? (INV ? bt.gb : bt.fb) : (INV ? bt.og : bt.ob);
-    load_frags(mat, lane, mr, mi, mni);
+    // (fb and gb are stored in fragB order: their own overload reorders them)
+    if (lr == 4) load_frags(INV ? bt.gb : bt.fb, lane, mr, mi, mni);
+    else load_frags(INV ? bt.og : bt.ob, lane, mr, mi, mni);
   }
   const wsource w(p.wtab, p.wtn, n);
+  const lane_idx li = outer_lane_idx(lr, ls, lane);
   int cur = -1;
   int it, end;
   warp_range(tc.npairs << lb, it, end);
@@ -78,8 +80,8 @@ __device__ __forceinline__ void outer_all(const P& p, const tile_ctx& tc, int lr
       if (INV) scaled_rows_conj(bt, w, 16 * cur, lane, mr, mi, mni);
       else scaled_cols(bt, w, 16 * cur, 0.25f, lane, mr, mi, mni);
     }
-    u16* re = tc.sm + 2 * n * (it >> lb);
-    outer_stage<LC_MT>(re, re + n, b, lr, ls, mr, mi, mni, lane);
+    const u32 re = smem_addr(tc.sm + 2 * n * (it >> lb));
+    outer_stage<LC_MT>(re, re + 2 * n, outer_block_index(b, lr, ls), li, mr, mi);
   }
 }
 
@@ -249,6 +251,8 @@ __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& t
   const wsource w(p.wtab, p.wtn, n);
   const int r1 = nseg >> 4;
   seg_consts sc;
+  const float4* kl = kh;
+  u32 sb = 0;
   int cur = -1;
   int it, end;
   warp_range(nseg * tc.npairs, it, end);
@@ -260,10 +264,12 @@ __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& t
     }
     if (seg != cur) {
       sc.init(bt, w, nseg <= 16 ? seg : r1 * (seg & 15) + (seg >> 4), lane);
+      kl = kh + seg * 32 * 4 + lane;
+      sb = blk_idx(256 * seg);
       cur = seg;
     }
-    u16* re = tc.sm + 2 * n * i;
-    conv_segment<LC_MT>(re, re + n, 256 * seg, sc, bt, kh + seg * 32 * 4, lane);
+    const u32 re = smem_addr(tc.sm + 2 * n * i);
+    conv_segment<LC_MT>(re, re + 2 * n, sb, bt.seg_li(lane), sc, bt, kl, lane);
   }
 }
 

@@ -22,6 +22,56 @@ __device__ __forceinline__ int smem_index(int j) {
   return j ^ (((((j >> 6) ^ s) & 1) | (s & 6)) << 3);
 }
 
+// Shared-memory positions of a 16 x 16 block split into a warp-uniform part (the block's base) and a
+// lane part (row offsets and columns) with no bits in common, so base + off = base ^ off. smem_index
+// is linear over GF(2) (shifts, masks and XORs of j), so smem_index(base + off) = smem_index(base) ^
+// smem_index(off): each lane computes the byte offsets of its part once per stage (lane_idx), a
+// block costs one smem_index of its base (blk_idx = 2 smem_index(base)), and an access one XOR and
+// one add to the plane's shared address. Computing every address in full cost about 100 integer
+// instructions per 16 x 16 block against its 8 HMMA.
+struct lane_idx {
+  u32 ld;     // ldmatrix row of this lane: tile m = lane / 8 is rows 8 (m & 1) .. +7, columns 8 (m >> 1)
+  u32 st[4];  // accumulator pairs of this lane: [2 h + t] is row g + 8 h, columns 2 c + 8 t, +1
+};
+
+// row_off(r): offset of row r from the block's base (bits disjoint from every base).
+template <class RowOff>
+__device__ __forceinline__ lane_idx make_lane_idx(RowOff row_off, int lane) {
+  const int m = lane >> 3, g = lane >> 2, c = lane & 3;
+  lane_idx li;
+  // tile m (k rows 8 (m & 1), n columns 8 (m >> 1)) lands in register m: fragB's order
+  li.ld = 2 * smem_index(row_off((lane & 7) + 8 * (m & 1)) + 8 * (m >> 1));
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int t = 0; t < 2; ++t)
+      li.st[2 * h + t] = 2 * smem_index(row_off(g + 8 * h) + 2 * c + 8 * t);
+  return li;
+}
+
+// The lane part of a 256-point segment (row r at 16 r; bases are multiples of 256).
+__device__ __forceinline__ lane_idx seg_lane_idx(int lane) {
+  return make_lane_idx([](int r) { return 16 * r; }, lane);
+}
+
+// Byte offset of the block whose base is at position j.
+__device__ __forceinline__ u32 blk_idx(int j) { return 2 * smem_index(j); }
+
+// B operand of a 16 x 16 block x[r][q] (contracted over r) of the plane at shared address plane.
+__device__ __forceinline__ fragB load_block_bt(u32 plane, u32 sb, const lane_idx& li) {
+  return ldmatrix_x4_trans(plane + (sb ^ li.ld));
+}
+
+// Store a 16 x 16 accumulator y[r][q] to the block sb of the plane (pairs of adjacent q).
+template <int T>
+__device__ __forceinline__ void store_block(u32 plane, u32 sb, const lane_idx& li, const fragC& y) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int t = 0; t < 2; ++t)
+      st_shared_u32(plane + (sb ^ li.st[2 * h + t]), pack2<T>(y.d[t][2 * h], y.d[t][2 * h + 1]));
+}
+
 // Per-block tables in shared memory, one row per lane (see block_tables::init):
 //   fb, gb: the A fragments of F / 4 and G = conj(F) (stages b and b', packed fp16:
 //           re, im, -im for each), fbase: F at this lane's A-fragment positions in fp32,
@@ -44,12 +94,53 @@ __device__ __forceinline__ void load_frags(const frag_table& t, int lane, fragA&
   ni = fragA{{c.x, c.y, c.z, c.w}};
 }
 
+// The same tables in fragB order (b0, b1 of n-tile 0, then of n-tile 1: A registers 0, 2, 1, 3),
+// for matrices used as B operands; set() still takes the A register index. A distinct type (not
+// a frag_table) so that no load can read it in the wrong order.
+struct frag_table_b {
+  frag_table t;
+  __device__ __forceinline__ void set(int lane, int i, u32 re, u32 im, u32 nim) {
+    t.set(lane, ((i & 1) << 1) | (i >> 1), re, im, nim);
+  }
+};
+
+__device__ __forceinline__ void load_frags(const frag_table_b& tb, int lane, fragB& r, fragB& i,
+                                           fragB& ni) {
+  const frag_table& t = tb.t;
+  const uint4 a = t.v[0][lane], b = t.v[1][lane], c = t.v[2][lane];
+  r = fragB{{a.x, a.y, a.z, a.w}};
+  i = fragB{{b.x, b.y, b.z, b.w}};
+  ni = fragB{{c.x, c.y, c.z, c.w}};
+}
+// As A operands (the radix-16 outer stage): back to the A order.
+__device__ __forceinline__ fragA a_order(const fragB& b) {
+  return fragA{{b.r[0], b.r[2], b.r[1], b.r[3]}};
+}
+__device__ __forceinline__ void load_frags(const frag_table_b& tb, int lane, fragA& r, fragA& i,
+                                           fragA& ni) {
+  fragB br, bi, bni;
+  load_frags(tb, lane, br, bi, bni);
+  r = a_order(br);
+  i = a_order(bi);
+  ni = a_order(bni);
+}
+
 struct block_tables {
-  frag_table fb, gb;
+  frag_table_b fb, gb;  // B operands of stages b and b' (A operands of the radix-16 outer stage)
   frag_table ob;  // outer stage of radix R < 16: block-diagonal DFT_R / sqrt(R) (16 / R blocks)
   frag_table og;  // and its inverse, conj(DFT_R) blocks, unscaled
   cf fbase[8][32];
   cf tw[8][32];
+  u32 seg_idx[5][32];  // seg_lane_idx of each lane: reloading it costs one LDS per word where
+                       // the register-starved segment loop recomputed it in about 25 instructions
+
+  __device__ __forceinline__ lane_idx seg_li(int lane) const {
+    lane_idx li;
+    li.ld = seg_idx[0][lane];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) li.st[i] = seg_idx[1 + i][lane];
+    return li;
+  }
 
   __device__ void init(int radix) {
     for (int lane = threadIdx.x; lane < 32; lane += blockDim.x) {
@@ -78,6 +169,10 @@ struct block_tables {
           const int k2 = g + 8 * (d >> 1), q = 2 * c + (d & 1) + 8 * t;
           tw[4 * t + d][lane] = unit_root(k2 * q, 256, -1.f);
         }
+      const lane_idx li = seg_lane_idx(lane);
+      seg_idx[0][lane] = li.ld;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) seg_idx[1 + i][lane] = li.st[i];
       const float s = rsqrtf((float)radix);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -172,47 +267,26 @@ struct seg_consts {
 };
 
 // The filter spectrum of one segment at this lane: K[e], e = 4 t + d, as 8 complex fp32 values,
-// stored as float4 groups i = e / 2 of all 32 lanes in turn (coalesced loads).
+// stored as float4 groups i = e / 2 of all 32 lanes in turn (coalesced loads). src: the segment's
+// spectrum plus lane, computed once per segment (the loads then take immediate offsets).
 struct seg_spectrum {
   cf k[2][4];
-  __device__ __forceinline__ void load(const float4* __restrict__ src, int lane) {
+  __device__ __forceinline__ void load(const float4* __restrict__ src) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float4 v = __ldg(src + 32 * i + lane);
+      const float4 v = __ldg(src + 32 * i);
       k[i >> 1][(i & 1) * 2] = cf{v.x, v.y};
       k[i >> 1][(i & 1) * 2 + 1] = cf{v.z, v.w};
     }
   }
 };
 
-// B operand (the A fragment of x^T) of a 16 x 16 block x[r][q] whose row r starts at position
-// row_pos(r): ldmatrix tile m = lane / 8 is rows 8 (m >> 1) .. +7, columns 8 (m & 1) .. +7.
-template <class RowPos>
-__device__ __forceinline__ fragA load_block_bt(const u16* plane, RowPos row_pos, int lane) {
-  const int m = lane >> 3, row = (lane & 7) + 8 * (m >> 1);
-  return ldmatrix_x4_trans(smem_addr(plane + smem_index(row_pos(row) + 8 * (m & 1))));
-}
-
-// Store a 16 x 16 accumulator y[r][q] to positions row_pos(r) + q (pairs of adjacent q).
-template <int T, class RowPos>
-__device__ __forceinline__ void store_block(u16* plane, RowPos row_pos, const fragC& y, int lane) {
-  const int g = lane >> 2, c = lane & 3;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r0 = row_pos(g + 8 * h) + 2 * c;
-#pragma unroll
-    for (int t = 0; t < 2; ++t) {
-      const int j = smem_index(r0 + 8 * t);
-      *reinterpret_cast<u32*>(plane + j) = pack2<T>(y.d[t][2 * h], y.d[t][2 * h + 1]);
-    }
-  }
-}
-
-// Stage a of the segment whose row r starts at row_pos(r): C = F x, times the 256-point twiddle.
-template <int T, class RowPos>
-__device__ __forceinline__ void seg_stage_a(const u16* re, const u16* im, RowPos row_pos,
-                                            const seg_consts& kc, int lane, fragC& cr, fragC& ci) {
-  const fragA xr = load_block_bt(re, row_pos, lane), xi = load_block_bt(im, row_pos, lane);
+// Stage a of the segment at block offset sb of the planes re, im (shared addresses): C = F x, times
+// the 256-point twiddle.
+template <int T>
+__device__ __forceinline__ void seg_stage_a(u32 re, u32 im, u32 sb, const lane_idx& li,
+                                            const seg_consts& kc, fragC& cr, fragC& ci) {
+  const fragB xr = load_block_bt(re, sb, li), xi = load_block_bt(im, sb, li);
   mma_ab0(cr, kc.fr, xr);
   mma_ab<T>(cr, kc.nfi, xi);
   mma_ab0(ci, kc.fr, xi);
@@ -231,7 +305,7 @@ __device__ __forceinline__ void seg_stage_a(const u16* re, const u16* im, RowPos
 template <int T>
 __device__ __forceinline__ void seg_stage_b(const block_tables& bt, int lane, fragC& cr, fragC& ci) {
   const fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
-  fragA mr, mi, mni;
+  fragB mr, mi, mni;
   load_frags(bt.fb, lane, mr, mi, mni);
   mma_ab0(cr, ar, mr);
   mma_ab<T>(cr, ai, mni);
@@ -254,13 +328,13 @@ __device__ __forceinline__ void seg_product(fragC& cr, fragC& ci, const seg_spec
 }
 
 // Stages b' and a' of a product P held in (cr, ci), stored in place over the segment.
-template <int T, class RowPos>
-__device__ __forceinline__ void seg_inverse_store(u16* re, u16* im, RowPos row_pos,
+template <int T>
+__device__ __forceinline__ void seg_inverse_store(u32 re, u32 im, u32 sb, const lane_idx& li,
                                                   const seg_consts& kc, const block_tables& bt,
                                                   int lane, fragC& cr, fragC& ci) {
   // stage b': E = P G, times conj(W)
   fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
-  fragA mr, mi, mni;
+  fragB mr, mi, mni;
   load_frags(bt.gb, lane, mr, mi, mni);
   mma_ab0(cr, ar, mr);
   mma_ab<T>(cr, ai, mni);
@@ -285,23 +359,23 @@ __device__ __forceinline__ void seg_inverse_store(u16* re, u16* im, RowPos row_p
   // In place: every lane's reads of this segment precede any lane's writes (the mma.sync chain
   // already orders them; the barrier states it for the memory model and for racecheck).
   __syncwarp();
-  store_block<T>(re, row_pos, cr, lane);
-  store_block<T>(im, row_pos, ci, lane);
+  store_block<T>(re, sb, li, cr);
+  store_block<T>(im, sb, li, ci);
 }
 
-// The segment at positions base .. base + 255 of the planes re, im: forward, * K, inverse.
+// The segment at block offset sb of the planes re, im: forward, * K, inverse.
 template <int T>
-__device__ __forceinline__ void conv_segment(u16* re, u16* im, int base, const seg_consts& kc,
-                                             const block_tables& bt, const float4* __restrict__ kseg,
-                                             int lane) {
-  auto row_pos = [base](int r) { return base + 16 * r; };
+__device__ __forceinline__ void conv_segment(u32 re, u32 im, u32 sb, const lane_idx& li,
+                                             const seg_consts& kc, const block_tables& bt,
+                                             const float4* __restrict__ kseg, int lane) {
+  // kseg: this lane's spectrum pointer of the segment (see seg_spectrum)
   fragC cr, ci;
-  seg_stage_a<T>(re, im, row_pos, kc, lane, cr, ci);
+  seg_stage_a<T>(re, im, sb, li, kc, cr, ci);
   // The spectrum is re-read per pair from L1: holding it across pairs costs 16 registers and
   // spills.
   seg_spectrum ks;
-  ks.load(kseg, lane);
+  ks.load(kseg);
   seg_stage_b<T>(bt, lane, cr, ci);
   seg_product<false>(cr, ci, ks);
-  seg_inverse_store<T>(re, im, row_pos, kc, bt, lane, cr, ci);
+  seg_inverse_store<T>(re, im, sb, li, kc, bt, lane, cr, ci);
 }

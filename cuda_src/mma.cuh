@@ -36,6 +36,19 @@ __device__ __forceinline__ void mma16816_zc(float (&d)[4], const u32 (&a)[4], u3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(z));
 }
 
+// The B operands of a 16x16 matrix loaded from shared memory, ordered so that each n-tile's two
+// registers are adjacent (r[2 t], r[2 t + 1] = b0, b1 of n-tile t): HMMA takes B as an aligned
+// register pair, and the order of fragA (b0 and b1 two registers apart) cost two moves per n-tile.
+struct fragB {
+  u32 r[4];
+};
+
+// -m (16-bit sign flips, exact).
+__device__ __forceinline__ fragB negate(const fragB& m) {
+  return fragB{{m.r[0] ^ 0x80008000u, m.r[1] ^ 0x80008000u, m.r[2] ^ 0x80008000u,
+                m.r[3] ^ 0x80008000u}};
+}
+
 // B operand (n-tile t) of a matrix whose transpose's A fragment is m.
 __device__ __forceinline__ u32 bt0(const fragA& m, int t) { return t ? m.r[1] : m.r[0]; }
 __device__ __forceinline__ u32 bt1(const fragA& m, int t) { return t ? m.r[3] : m.r[2]; }
@@ -57,6 +70,15 @@ __device__ __forceinline__ void mma_ab0(fragC& c, const fragA& a, const fragA& m
 template <int T> __device__ __forceinline__ void mma_ab(fragC& c, const fragA& a, const fragA& mT) {
   mma16816<T>(c.d[0], a.r, bt0(mT, 0), bt1(mT, 0));
   mma16816<T>(c.d[1], a.r, bt0(mT, 1), bt1(mT, 1));
+}
+
+__device__ __forceinline__ void mma_ab0(fragC& c, const fragA& a, const fragB& m) {
+  mma16816_zc(c.d[0], a.r, m.r[0], m.r[1]);
+  mma16816_zc(c.d[1], a.r, m.r[2], m.r[3]);
+}
+template <int T> __device__ __forceinline__ void mma_ab(fragC& c, const fragA& a, const fragB& m) {
+  mma16816<T>(c.d[0], a.r, m.r[0], m.r[1]);
+  mma16816<T>(c.d[1], a.r, m.r[2], m.r[3]);
 }
 
 // Pack a 16x16 fp32 accumulator into the A fragment of the same matrix.
@@ -87,10 +109,15 @@ __device__ __forceinline__ fragA transpose(const fragA& a) {
 __device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 // Four transposed 8x8 tiles; lane l supplies the row address for tile l / 8.
-__device__ __forceinline__ fragA ldmatrix_x4_trans(u32 addr) {
-  fragA a;
+__device__ __forceinline__ fragB ldmatrix_x4_trans(u32 addr) {
+  fragB a;
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(a.r[0]), "=r"(a.r[1]), "=r"(a.r[2]), "=r"(a.r[3])
                : "r"(addr));
   return a;
+}
+
+// 32-bit store to a shared-memory byte address.
+__device__ __forceinline__ void st_shared_u32(u32 addr, u32 v) {
+  asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
 }

@@ -15,23 +15,33 @@
 #pragma once
 #include "inner256.cuh"
 
-// lr = log2 R, ls = log2 S.
-template <int T>
-__device__ __forceinline__ void outer_stage(u16* re, u16* im, int blk, int lr, int ls,
-                                            const fragA& mr, const fragA& mi, const fragA& mni,
-                                            int lane) {
-  const int R = 1 << lr, S = 1 << ls;
+// The lane part of a block's positions (row r at 8 R (r / R) + S (r % R); see lane_idx).
+__device__ __forceinline__ lane_idx outer_lane_idx(int lr, int ls, int lane) {
+  return make_lane_idx([=](int r) { return (8 << lr) * (r >> lr) + ((r & ((1 << lr) - 1)) << ls); },
+                       lane);
+}
+
+// Byte offset (blk_idx) of the base of block blk (lr = log2 R, ls = log2 S).
+__device__ __forceinline__ u32 outer_block_index(int blk, int lr, int ls) {
   const int lps = lr + ls - 8;  // log2 of the blocks per segment of length R S
   const int seg = blk >> lps, bb = blk & ((1 << lps) - 1);
-  const int base = (seg << (lr + ls)) + ((bb >> (lr - 1)) << 7) + ((bb & ((R >> 1) - 1)) << 4);
-  auto row_pos = [=](int r) { return base + 8 * R * (r >> lr) + S * (r & (R - 1)); };
-  const fragA xr = load_block_bt(re, row_pos, lane), xi = load_block_bt(im, row_pos, lane);
+  return blk_idx((seg << (lr + ls)) + ((bb >> (lr - 1)) << 7) + ((bb & ((1 << (lr - 1)) - 1)) << 4));
+}
+
+// Re(M x) = Re(M) Re(x) + Im(M) (-Im(x)): negating x's imaginary fragment (four sign flips) spares
+// holding -Im(M) in four more registers across the stage; in the backward's register-starved
+// two-stage outer loops those matrices spilled and were re-read from local memory every block.
+template <int T>
+__device__ __forceinline__ void outer_stage(u32 re, u32 im, u32 sb, const lane_idx& li,
+                                            const fragA& mr, const fragA& mi) {
+  const fragB xr = load_block_bt(re, sb, li), xi = load_block_bt(im, sb, li);
+  const fragB nxi = negate(xi);
   fragC cr, ci;
   mma_ab0(cr, mr, xr);
-  mma_ab<T>(cr, mni, xi);
+  mma_ab<T>(cr, mi, nxi);
   mma_ab0(ci, mr, xi);
   mma_ab<T>(ci, mi, xr);
   __syncwarp();  // in place: all reads of the block before any write
-  store_block<T>(re, row_pos, cr, lane);
-  store_block<T>(im, row_pos, ci, lane);
+  store_block<T>(re, sb, li, cr);
+  store_block<T>(im, sb, li, ci);
 }

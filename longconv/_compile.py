@@ -863,7 +863,7 @@ class Launcher:
     per size.
     """
 
-    __slots__ = ("kernel", "struct", "fptr", "threads", "_smem_ok")
+    __slots__ = ("kernel", "struct", "fptr", "threads", "static_smem", "_smem_ok")
 
     def __init__(self, kernel, dtype: np.dtype, threads: int):
         self.kernel = kernel
@@ -872,7 +872,9 @@ class Launcher:
             raise ValueError("Launcher: params struct larger than the argument buffer")
         self.fptr = kernel.kernel.ptr
         self.threads = int(threads)
-        self._smem_ok = DEFAULT_DYNAMIC_SMEM - int(getattr(kernel, "shared_size_bytes", 0) or 0)
+        #: bytes of static shared memory of the kernel (beside the dynamic amount of a launch)
+        self.static_smem = int(getattr(kernel, "shared_size_bytes", 0) or 0)
+        self._smem_ok = DEFAULT_DYNAMIC_SMEM - self.static_smem
 
     def __call__(self, grid: int, smem: int, stream: int, values) -> None:
         """Launch ``grid`` blocks with ``smem`` bytes of dynamic shared memory on the stream

@@ -20,7 +20,15 @@ import math
 import numpy as np
 
 from . import _compile, _sizes
-from ._kernels import BWD_ENTRY, BWD_MAX_N, FUSED_ENTRY, FUSED_MAX_N, FUSED_MIN_N, fused_key
+from ._kernels import (
+    BWD_ENTRY,
+    BWD_ENTRY_1,
+    BWD_MAX_N,
+    FUSED_ENTRY,
+    FUSED_MAX_N,
+    FUSED_MIN_N,
+    fused_key,
+)
 
 __all__ = ["BWD_PARAMS_FIELDS", "FusedPlan", "PARAMS_FIELDS", "make_plan", "spectrum_order",
            "window", "fft_size_for"]
@@ -94,6 +102,12 @@ MODES = ("causal", "circular", "full", "same", "valid")
 # Pairs of sequences per tile: at N = 256 (one segment per pair) 16 pairs give each of the 8 warps
 # two segments per phase; more would only lengthen the tile.
 MAX_PAIRS = 16
+#: FFT sizes from which the fused backward runs one block per SM holding as many pairs as the
+#: whole shared memory takes, built for up to 255 registers a thread (at 16384 one pair already
+#: needs more than half of the SM). H100, causal fp16, B = 64, H = 768, backward kernel time with
+#: one block per SM against two of 128 registers: N = 8192 3.4 against 3.9 ms (3 pairs a block,
+#: no spills), N = 1024 0.49 against 0.38 ms (half the warps to hide latency with).
+BWD_ONE_BLOCK_MIN_N = 8192
 
 
 def _outer_radices(n: int) -> tuple[int, ...]:
@@ -731,7 +745,14 @@ class FusedPlan:
         dpost = buffer("postgate", dy, need_postgate)
         N = self.n
         npairs = (B + 1) // 2
-        pairs = max(1, min(MAX_PAIRS, _smem_budget(self._info, 8 * N) // (8 * N), npairs))
+        want = ("u" if need_postgate else "") + ("g" if want_g else "") or "k"
+        launch = self._launcher(BWD_ENTRY[self.io_dtype][want], BWD_PARAMS_DTYPE, THREADS)
+        budget = _smem_budget(self._info, 8 * N)
+        if N >= BWD_ONE_BLOCK_MIN_N:
+            budget = self._info.smem_optin
+        # what the block's static tables leave of the per-block limit
+        budget = min(budget, self._info.smem_optin - launch.static_smem)
+        pairs = max(1, min(MAX_PAIRS, budget // (8 * N), npairs))
         slots = max(1, 8 // (N // 256))
         groups = -(-npairs // pairs)
         # Tiles (channel, run of pairs): enough for two blocks per SM, no more, since every
@@ -747,8 +768,10 @@ class FusedPlan:
         grid = int(min(n_tiles, sms * blocks_per_sm))
         vec_in = L % 8 == 0 and all(_aligned16(a) for a in (x, pregate, dx, dpre))
         vec_out = self.Lout % 8 == 0 and all(_aligned16(a) for a in (dy, postgate, dpost))
-        want = ("u" if need_postgate else "") + ("g" if want_g else "") or "k"
-        launch = self._launcher(BWD_ENTRY[self.io_dtype][want], BWD_PARAMS_DTYPE, THREADS)
+        if blocks_per_sm == 1:
+            # shared memory allows no second block: the entry built for one block per SM, with
+            # the whole register file
+            launch = self._launcher(BWD_ENTRY_1[self.io_dtype][want], BWD_PARAMS_DTYPE, THREADS)
         stream = cupy.cuda.get_current_stream().ptr
         kspec, scale = self._own_spectrum(stream)
         ptr = [0 if a is None else a.data.ptr

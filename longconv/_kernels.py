@@ -26,6 +26,9 @@ BWD_MAX_N = 16384
 #: wanted outputs: "k" dk only, "g" dx and/or dpregate (and dk), "u" dpostgate (and dk), "ug" all.
 BWD_ENTRY = {io: {want: f"lc_fused_bwd_{tag}_{want}" for want in ("k", "g", "u", "ug")}
              for io, tag in (("float16", "f16"), ("bfloat16", "bf16"), ("float32", "f32"))}
+#: The same entry points built for one block per SM (up to 255 registers a thread).
+BWD_ENTRY_1 = {io: {want: name + "_1" for want, name in wants.items()}
+               for io, wants in BWD_ENTRY.items()}
 
 
 def fused_key(arch: str = "") -> KernelKey:
