@@ -26,8 +26,10 @@
 // Load of the g planes of a group: g = postgate * dy * scale at circular position j + out_offset,
 // zero elsewhere; eight positions per thread and step.
 template <int IO>
-__device__ __forceinline__ void copy_in_g(const BwdParams& p, const tile_ctx& tc, float scale) {
-  const int n = p.n, lout = (int)p.Lout, off = (int)p.out_offset, lg = 28 - __clz(n);
+__device__ __forceinline__ void copy_in_g(const BwdParams& p, const tile_ctx& tc, float scale,
+                                          bool half) {
+  const int n = p.n, lout = (int)p.Lout, off = (int)p.out_offset;
+  const int lg = 28 - __clz(n) - (half ? 1 : 0);  // log2(positions / 8), see copy_in
   const bool vec = p.vec_out && (off & 7) == 0;
   for (int w = threadIdx.x; w < (2 * tc.npairs) << lg; w += LC_THREADS) {
     const int r = w >> lg, pos = (w & ((1 << lg) - 1)) << 3;
@@ -251,9 +253,14 @@ __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
   const bool two = nseg > 16;
   const int lr1 = two ? lr_all - 4 : lr_all;
   const i64 npairs = (p.B + 1) / 2;
-  bt.init(1 << (lr1 > 0 && lr1 < 4 ? lr1 : 1));
+  bt.init(1 << (lr1 > 0 && lr1 < 4 ? lr1 : 1), 1 << max(lr1, 1));
   __syncthreads();
   const float os = spectrum_scale(p);
+  // causal forms of the first and last outer stages (outer_tc.cuh): u and g zero from n / 2 on;
+  // dx and dpre read c_g below L, dpost c_u in the output window
+  const bool window_low = p.out_offset + p.Lout <= n / 2, x_low = p.L <= n / 2;
+  const bool half_in = nseg > 1 && window_low && x_low;
+  const bool half_out = nseg > 1 && (!NEED_U || window_low) && (!NEED_G || x_low);
 
   for (i64 tile = blockIdx.x; tile < p.n_tiles; tile += gridDim.x) {
     const i64 h = tile / p.splits, split = tile - h * p.splits;
@@ -281,18 +288,18 @@ __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
         tu.out_mult = os / tu.in_scale;
         tg.out_mult = os / tg.in_scale;
 
-        copy_in<IO>(p, tu);
-        copy_in_g<IO>(p, tg, tg.in_scale);
+        copy_in<IO>(p, tu, half_in);
+        copy_in_g<IO>(p, tg, tg.in_scale, half_in);
         __syncthreads();
         tile_ctx both = tu;
         both.npairs = 2 * np;
         if (two) {
-          outer_all<false, false>(p, both, lr1, 12);
+          outer_all<false, false>(p, both, lr1, 12, half_in);
           __syncthreads();
           outer_all<false, true>(p, both, 4, 8);
           __syncthreads();
         } else if (nseg > 1) {
-          outer_all<false, false>(p, both, lr1, 8);
+          outer_all<false, false>(p, both, lr1, 8, half_in);
           __syncthreads();
         }
       }
@@ -308,10 +315,10 @@ __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
         if (two) {
           outer_all<true, true>(p, inv, 4, 8);
           __syncthreads();
-          outer_all<true, false>(p, inv, lr1, 12);
+          outer_all<true, false>(p, inv, lr1, 12, half_out);
           __syncthreads();
         } else if (nseg > 1) {
-          outer_all<true, false>(p, inv, lr1, 8);
+          outer_all<true, false>(p, inv, lr1, 8, half_out);
           __syncthreads();
         }
         store_bwd<IO>(p, tu, tg);

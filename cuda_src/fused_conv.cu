@@ -57,11 +57,30 @@ __device__ __forceinline__ void warp_range(int items, int& begin, int& end) {
 }
 
 // Outer stage over every pair of the tile: radix 2^lr at stride 2^ls (see outer_tc.cuh). SCALED:
-// the radix-16 stage after a radix-r1 one, whose matrix carries W_N^(256 k p) for segment k.
+// the radix-16 stage after a radix-r1 one, whose matrix carries W_N^(256 k p) for segment k. HALF
+// (the first stage with a zero upper half of the input, or the last inverse stage with only the
+// lower half of the output kept): the causal forms of outer_tc.cuh.
 template <bool INV, bool SCALED, class P>
-__device__ __forceinline__ void outer_all(const P& p, const tile_ctx& tc, int lr, int ls) {
+__device__ __forceinline__ void outer_all(const P& p, const tile_ctx& tc, int lr, int ls,
+                                          bool half = false) {
   const int lane = threadIdx.x & 31, n = p.n, lb = 31 - __clz(n >> 8);  // log2 blocks per pair
   const block_tables& bt = *tc.bt;
+  if (!SCALED && half) {
+    const uint2 hr = bt.hf[0][lane], hi = bt.hf[1][lane];
+    const uint4 vr = bt.hv[0][lane], vi = bt.hv[1][lane];
+    const fragA ar = fragA{{vr.x, vr.y, vr.z, vr.w}}, ai = fragA{{vi.x, vi.y, vi.z, vi.w}};
+    const lane_idx li = outer_lane_idx(lr, ls, lane);
+    const half_idx hx = outer_half_idx(lr, ls, lane);
+    int it, end;
+    warp_range(tc.npairs << lb, it, end);
+    for (; it < end; ++it) {
+      const u32 re = smem_addr(tc.sm + 2 * n * (it >> lb));
+      const u32 sb = outer_block_index(it & ((1 << lb) - 1), lr, ls);
+      if (INV) outer_stage_half_out<LC_MT>(re, re + 2 * n, sb, li, hx, ar, ai);
+      else outer_stage_half_in<LC_MT>(re, re + 2 * n, sb, li, hx, hr, hi);
+    }
+    return;
+  }
   fragA mr, mi, mni;
   if (!SCALED) {
     // (fb and gb are stored in fragB order: their own overload reorders them)
@@ -87,8 +106,10 @@ __device__ __forceinline__ void outer_all(const P& p, const tile_ctx& tc, int lr
 
 // Plain load of the tile into shared memory: x * pregate * in_scale, zero past L, eight elements
 // per thread. Row r of the tile is pair r / 2, plane r % 2 (batch row 2 pair0 + r).
-template <int IO, class P> __device__ __forceinline__ void copy_in(const P& p, const tile_ctx& tc) {
-  const int n = p.n, L = (int)p.L, lg = 28 - __clz(n);  // log2(n / 8)
+// half: only positions below n / 2 (the first outer stage reads no others; see outer_tc.cuh).
+template <int IO, class P>
+__device__ __forceinline__ void copy_in(const P& p, const tile_ctx& tc, bool half = false) {
+  const int n = p.n, L = (int)p.L, lg = 28 - __clz(n) - (half ? 1 : 0);  // log2(positions / 8)
   const bool vec = p.vec_in;
   for (int w = threadIdx.x; w < (2 * tc.npairs) << lg; w += LC_THREADS) {
     const int r = w >> lg, t = (w & ((1 << lg) - 1)) << 3;
@@ -282,8 +303,12 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
   const bool two = nseg > 16;                       // radix r1 at stride 4096, then 16 at 256
   const int lr1 = two ? lr_all - 4 : lr_all;        // the first (or only) outer stage
   const i64 npairs = (p.B + 1) / 2;
-  bt.init(1 << (lr1 > 0 && lr1 < 4 ? lr1 : 1));
+  bt.init(1 << (lr1 > 0 && lr1 < 4 ? lr1 : 1), 1 << max(lr1, 1));
   __syncthreads();
+  // causal forms of the first and last outer stages (outer_tc.cuh): input zero from n / 2 on,
+  // output window below n / 2
+  const bool half_in = nseg > 1 && !p.fold && p.L <= n / 2;
+  const bool half_out = nseg > 1 && !p.fold && p.out_offset + p.Lout <= n / 2;
 
   for (i64 tile = blockIdx.x; tile < p.n_tiles; tile += gridDim.x) {
     tile_ctx tc;
@@ -297,15 +322,15 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
       tc.in_scale = tile_scale(tile_max_abs_of<IO>(p.x, p.pregate, p.B, p.H, p.L, p.vec_in, n, tc, red));
     tc.out_mult = spectrum_scale(p) / tc.in_scale;
 
-    copy_in<IO>(p, tc);
+    copy_in<IO>(p, tc, half_in);
     __syncthreads();
     if (two) {
-      outer_all<false, false>(p, tc, lr1, 12);
+      outer_all<false, false>(p, tc, lr1, 12, half_in);
       __syncthreads();
       outer_all<false, true>(p, tc, 4, 8);
       __syncthreads();
     } else if (nseg > 1) {
-      outer_all<false, false>(p, tc, lr1, 8);
+      outer_all<false, false>(p, tc, lr1, 8, half_in);
       __syncthreads();
     }
     inner_all(p, tc, p.kspec + tc.h * p.k_hstride);
@@ -313,10 +338,10 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
     if (two) {
       outer_all<true, true>(p, tc, 4, 8);
       __syncthreads();
-      outer_all<true, false>(p, tc, lr1, 12);
+      outer_all<true, false>(p, tc, lr1, 12, half_out);
       __syncthreads();
     } else if (nseg > 1) {
-      outer_all<true, false>(p, tc, lr1, 8);
+      outer_all<true, false>(p, tc, lr1, 8, half_out);
       __syncthreads();
     }
     if (p.fold) fold_store<IO>(p, tc, tc.out_mult);

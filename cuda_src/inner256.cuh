@@ -129,6 +129,15 @@ struct block_tables {
   frag_table_b fb, gb;  // B operands of stages b and b' (A operands of the radix-16 outer stage)
   frag_table ob;  // outer stage of radix R < 16: block-diagonal DFT_R / sqrt(R) (16 / R blocks)
   frag_table og;  // and its inverse, conj(DFT_R) blocks, unscaled
+  // The first outer stage (radix R1) when the upper half of the input is zero and the last one
+  // when only the lower half of the output is kept (causal convolutions; see outer_tc.cuh):
+  //   hf: the 16 x 8 A fragment (a0, a1) of D = DFT_R1 / sqrt(R1) blocks restricted to the
+  //       8 columns of nonzero input rows, real and imaginary parts;
+  //   hv: the A fragment of conj(DFT_R1) blocks with the 8 kept output rows first and rows
+  //       8..15 zero (a1 = a3 = 0: read from memory, the zeros take registers the compiler
+  //       cannot rematerialise with moves before every HMMA).
+  uint2 hf[2][32];
+  uint4 hv[2][32];
   cf fbase[8][32];
   cf tw[8][32];
   u32 seg_idx[5][32];  // seg_lane_idx of each lane: reloading it costs one LDS per word where
@@ -142,7 +151,7 @@ struct block_tables {
     return li;
   }
 
-  __device__ void init(int radix) {
+  __device__ void init(int radix, int first_radix) {
     for (int lane = threadIdx.x; lane < 32; lane += blockDim.x) {
       const int g = lane >> 2, c = lane & 3;
 #pragma unroll
@@ -169,6 +178,31 @@ struct block_tables {
           const int k2 = g + 8 * (d >> 1), q = 2 * c + (d & 1) + 8 * t;
           tw[4 * t + d][lane] = unit_root(k2 * q, 256, -1.f);
         }
+      {
+        const int R1 = first_radix, h1 = R1 >> 1;
+        auto kept = [=](int r) { return (r / h1) * R1 + r % h1; };  // row of the r-th lower-half row
+        auto entry = [=](int row, int col, float sign) {
+          return row / R1 == col / R1 ? unit_root((row % R1) * (col % R1), R1, sign) : cf{0.f, 0.f};
+        };
+        const float s1 = rsqrtf((float)R1);
+        u32 f[2][2], v[2][2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          // hf register i: row g + 8 i, columns kept(2c), kept(2c + 1)
+          const cf a = entry(g + 8 * i, kept(2 * c), -1.f), b = entry(g + 8 * i, kept(2 * c + 1), -1.f);
+          f[0][i] = pack2<LC_F16>(s1 * a.re, s1 * b.re);
+          f[1][i] = pack2<LC_F16>(s1 * a.im, s1 * b.im);
+          // hv register a0 / a2: row kept(g), columns 2c + 8 i, +1
+          const cf d = entry(kept(g), 2 * c + 8 * i, 1.f), e = entry(kept(g), 2 * c + 8 * i + 1, 1.f);
+          v[0][i] = pack2<LC_F16>(d.re, e.re);
+          v[1][i] = pack2<LC_F16>(d.im, e.im);
+        }
+#pragma unroll
+        for (int part = 0; part < 2; ++part) {
+          hf[part][lane] = uint2{f[part][0], f[part][1]};
+          hv[part][lane] = uint4{v[part][0], 0u, v[part][1], 0u};
+        }
+      }
       const lane_idx li = seg_lane_idx(lane);
       seg_idx[0][lane] = li.ld;
 #pragma unroll

@@ -81,6 +81,24 @@ template <int T> __device__ __forceinline__ void mma_ab(fragC& c, const fragA& a
   mma16816<T>(c.d[1], a.r, m.r[2], m.r[3]);
 }
 
+// m16n8k8 (fp16 operands, fp32 accumulators): A 16x8 is two registers (a0 = (g, 2c..2c+1),
+// a1 = (g+8, 2c..)), B 8x8 one (b0 = (k = 2c..2c+1, n = g)). d = a b, and d += a b.
+__device__ __forceinline__ void mma1688_zc(float (&d)[4], u32 a0, u32 a1, u32 b) {
+  const float z = 0.f;
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+      "{%7,%7,%7,%7};"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a0), "r"(a1), "r"(b), "f"(z));
+}
+__device__ __forceinline__ void mma1688(float (&d)[4], u32 a0, u32 a1, u32 b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(b));
+}
+
 // Pack a 16x16 fp32 accumulator into the A fragment of the same matrix.
 template <int T> __device__ __forceinline__ fragA to_a(const fragC& c) {
   fragA a;
@@ -115,6 +133,13 @@ __device__ __forceinline__ fragB ldmatrix_x4_trans(u32 addr) {
                : "=r"(a.r[0]), "=r"(a.r[1]), "=r"(a.r[2]), "=r"(a.r[3])
                : "r"(addr));
   return a;
+}
+
+// Two transposed 8x8 tiles (lanes 0..15 supply the row addresses, tile = lane / 8).
+__device__ __forceinline__ void ldmatrix_x2_trans(u32 addr, u32& a, u32& b) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
+               : "=r"(a), "=r"(b)
+               : "r"(addr));
 }
 
 // 32-bit store to a shared-memory byte address.

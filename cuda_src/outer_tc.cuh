@@ -45,3 +45,64 @@ __device__ __forceinline__ void outer_stage(u32 re, u32 im, u32 sb, const lane_i
   store_block<T>(re, sb, li, cr);
   store_block<T>(im, sb, li, ci);
 }
+
+// Causal convolutions: the input is zero from N / 2 on and only outputs below N / 2 are kept. In
+// the first outer stage (radix R1 at stride S, rows r = R1 b + p at positions 8 R1 b + S p) the
+// rows p >= R1 / 2 of every block hold zeros, so the block is an m16n8k8 product with the 8
+// lower rows (half the tensor work and the loads, and the load phase never writes the zero half);
+// in the last inverse stage only the rows p < R1 / 2 are stored (half the stores), computed as the
+// first 8 rows of a product whose matrix lists them first.
+struct half_idx {
+  u32 ld2;    // ldmatrix.x2 row of this lane: lower-half row lane % 8, columns 8 (lane / 8 % 2)
+  u32 st[2];  // the kept row g of this lane, columns 2 c + 8 t, +1
+};
+__device__ __forceinline__ half_idx outer_half_idx(int lr, int ls, int lane) {
+  const int R = 1 << lr, h = R >> 1, g = lane >> 2, c = lane & 3;
+  auto pos = [=](int r) {  // r-th lower-half row of a block
+    const int b = r / h, q = r % h;
+    return (8 << lr) * b + (q << ls);
+  };
+  half_idx hx;
+  hx.ld2 = 2 * smem_index(pos(lane & 7) + 8 * ((lane >> 3) & 1));
+#pragma unroll
+  for (int t = 0; t < 2; ++t) hx.st[t] = 2 * smem_index(pos(g) + 2 * c + 8 * t);
+  return hx;
+}
+
+template <int T>
+__device__ __forceinline__ void outer_stage_half_in(u32 re, u32 im, u32 sb, const lane_idx& li,
+                                                    const half_idx& hx, uint2 mr, uint2 mi) {
+  u32 xr[2], xi[2];
+  ldmatrix_x2_trans(re + (sb ^ hx.ld2), xr[0], xr[1]);
+  ldmatrix_x2_trans(im + (sb ^ hx.ld2), xi[0], xi[1]);
+  fragC cr, ci;
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    mma1688_zc(cr.d[t], mr.x, mr.y, xr[t]);
+    mma1688(cr.d[t], mi.x, mi.y, xi[t] ^ 0x80008000u);
+    mma1688_zc(ci.d[t], mr.x, mr.y, xi[t]);
+    mma1688(ci.d[t], mi.x, mi.y, xr[t]);
+  }
+  __syncwarp();  // in place: all reads of the block before any write
+  store_block<T>(re, sb, li, cr);
+  store_block<T>(im, sb, li, ci);
+}
+
+// ar, ai: the A fragments of the matrix (hv: rows 8..15 zero).
+template <int T>
+__device__ __forceinline__ void outer_stage_half_out(u32 re, u32 im, u32 sb, const lane_idx& li,
+                                                     const half_idx& hx, const fragA& ar,
+                                                     const fragA& ai) {
+  const fragB xr = load_block_bt(re, sb, li), xi = load_block_bt(im, sb, li);
+  fragC cr, ci;
+  mma_ab0(cr, ar, xr);
+  mma_ab<T>(cr, ai, negate(xi));
+  mma_ab0(ci, ar, xi);
+  mma_ab<T>(ci, ai, xr);
+  __syncwarp();
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    st_shared_u32(re + (sb ^ hx.st[t]), pack2<T>(cr.d[t][0], cr.d[t][1]));
+    st_shared_u32(im + (sb ^ hx.st[t]), pack2<T>(ci.d[t][0], ci.d[t][1]));
+  }
+}
