@@ -104,10 +104,13 @@ MODES = ("causal", "circular", "full", "same", "valid")
 MAX_PAIRS = 16
 #: FFT sizes from which the fused backward runs one block per SM holding as many pairs as the
 #: whole shared memory takes, built for up to 255 registers a thread (at 16384 one pair already
-#: needs more than half of the SM). H100, causal fp16, B = 64, H = 768, backward kernel time with
-#: one block per SM against two of 128 registers: N = 8192 3.4 against 3.9 ms (3 pairs a block,
-#: no spills), N = 1024 0.49 against 0.38 ms (half the warps to hide latency with).
-BWD_ONE_BLOCK_MIN_N = 8192
+#: needs more than half of the SM); from BWD_ONE_BLOCK_CAUSAL_MIN_N when the causal forms of the
+#: outer stages apply (input and output window below N / 2). H100, B = 64, H = 768, forward +
+#: backward at N = 8192, one block per SM against two of 128 registers (which spill): causal fp16
+#: 4.86 against 5.64 ms, causal bf16 5.13 against 5.49, gated circular fp16 11.58 against 9.92;
+#: at N = 1024 one block lost (0.66 against 0.54 ms causal fp16).
+BWD_ONE_BLOCK_MIN_N = 16384
+BWD_ONE_BLOCK_CAUSAL_MIN_N = 8192
 
 
 def _outer_radices(n: int) -> tuple[int, ...]:
@@ -748,7 +751,8 @@ class FusedPlan:
         want = ("u" if need_postgate else "") + ("g" if want_g else "") or "k"
         launch = self._launcher(BWD_ENTRY[self.io_dtype][want], BWD_PARAMS_DTYPE, THREADS)
         budget = _smem_budget(self._info, 8 * N)
-        if N >= BWD_ONE_BLOCK_MIN_N:
+        causal_forms = 2 * L <= N and 2 * (self.out_offset + self.Lout) <= N
+        if N >= BWD_ONE_BLOCK_MIN_N or (N >= BWD_ONE_BLOCK_CAUSAL_MIN_N and causal_forms):
             budget = self._info.smem_optin
         # what the block's static tables leave of the per-block limit
         budget = min(budget, self._info.smem_optin - launch.static_smem)
