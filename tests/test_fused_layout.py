@@ -242,3 +242,43 @@ def test_segment_tiles_and_load_phase_are_conflict_free():
 def test_swizzle_is_a_permutation_of_each_plane():
     for n in (256, 4096, 32768):
         assert sorted(smem_index(j) for j in range(n)) == list(range(n))
+
+
+OUTER_STAGES = [(512, 1, 256), (1024, 2, 256), (2048, 3, 256), (4096, 4, 256), (8192, 1, 4096),
+                (16384, 2, 4096), (32768, 3, 4096), (32768, 4, 256)]
+
+
+@pytest.mark.parametrize("n, lr, S", OUTER_STAGES)
+def test_swizzle_splits_into_block_base_and_lane_part(n, lr, S):
+    # The kernels compute smem_index once per block base and once per lane offset and XOR the two
+    # (inner256.cuh, lane_idx): that needs disjoint bits and a swizzle linear over GF(2).
+    R = 1 << lr
+    offsets = [8 * R * (r >> lr) + S * (r & (R - 1)) + c for r in range(16) for c in range(16)]
+    for blk in range(n // 256):
+        base = outer_rows(blk, lr, S)[0]
+        for off in offsets:
+            assert base & off == 0
+            assert smem_index(base + off) == smem_index(base) ^ smem_index(off)
+    for base in range(0, 32768, 256):  # 256-point segments: row r at 16 r
+        for off in range(256):
+            assert smem_index(base + off) == smem_index(base) ^ smem_index(off)
+
+
+@pytest.mark.parametrize("n, lr, S", [st for st in OUTER_STAGES if st[2] << st[1] == st[0]])
+def test_causal_forms_touch_exactly_the_lower_half(n, lr, S):
+    # First outer stage (the one spanning the whole sequence) with a zero upper half of the input:
+    # each block reads only its rows p < R / 2, which must be exactly its rows below n / 2 and,
+    # over all blocks, cover the lower half once; the last inverse stage stores those same rows
+    # (outer_tc.cuh, half_idx).
+    R = 1 << lr
+    seen = []
+    for blk in range(n // 256):
+        rows = outer_rows(blk, lr, S)
+        lower = [rows[r] for r in range(16) if (r & (R - 1)) < R // 2]
+        assert sorted(lower) == sorted(x for x in rows if x < n // 2)
+        seen += [x + q for x in lower for q in range(16)]
+        # the ldmatrix.x2 tile of the 8 lower rows: at most a 2-way bank conflict (none for
+        # R = 2 and 16), i.e. no worse than the x4 load of all 16 rows it replaces
+        for chunk in (0, 8):
+            assert len(banks_of_tile([x + chunk for x in lower])) >= (4 if R in (4, 8) else 8)
+    assert sorted(seen) == list(range(n // 2))
