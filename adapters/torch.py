@@ -294,8 +294,9 @@ def _capture_error(exc):
     )
 
 
-def _run_convolve(x, k, causal, pregate, postgate, skip, precision, freq_keep):
-    """``longconv.convolve`` on backend arrays viewing the tensors' memory; a tensor back."""
+def _run_convolve(x, k, causal, pregate, postgate, skip, precision, freq_keep, keep=None):
+    """``longconv.convolve`` on backend arrays viewing the tensors' memory; a tensor back.
+    ``keep``: a dict that receives the filter spectrum of the fused path (see _fast_convolve)."""
     from longconv import _plan
 
     torch = _torch()
@@ -310,7 +311,7 @@ def _run_convolve(x, k, causal, pregate, postgate, skip, precision, freq_keep):
 
     key = _call_key(x, k, pregate, postgate, skip, causal, precision, freq_keep)
     if freq_keep is None and x.is_cuda and not torch.cuda.is_current_stream_capturing():
-        y = _fast_convolve(x, k, pregate, postgate, skip, causal, precision)
+        y = _fast_convolve(x, k, pregate, postgate, skip, causal, precision, keep)
         if y is not None:
             _remember_eager_call(key)
             return y
@@ -385,11 +386,15 @@ def _fast_lane(x, k, causal, pregate, postgate, skip):
     return y
 
 
-def _fast_convolve(x, k, pregate, postgate, skip, causal, precision):
+def _fast_convolve(x, k, pregate, postgate, skip, causal, precision, keep=None):
     """The fused forward on CUDA tensors without CuPy arrays, plan objects or DLPack: the
     filter spectrum (direct kernel) and the convolution launched on torch's current stream
     into torch-allocated memory. Returns None where it does not serve the call (other dtypes,
-    FFT sizes or devices, gates that need broadcasting checks): the general path then runs."""
+    FFT sizes or devices, gates that need broadcasting checks): the general path then runs.
+
+    ``keep``: a dict that receives ``"spectrum"``, what the fused backward needs to reuse the
+    spectrum instead of computing it again (the shell, the buffer tensor, the addresses and the
+    stream), when the backward serves the problem."""
     torch = _torch()
     _fused = _modules()[0]
     io_names, k_names = _io_names()
@@ -451,6 +456,8 @@ def _fast_convolve(x, k, pregate, postgate, skip, causal, precision):
     shell.forward_ptrs(x.data_ptr(), *(g if isinstance(g, int) else g.data_ptr() for g in ptrs),
                        0 if skip is None else skip.data_ptr(), y.data_ptr(),
                        x.numel() // (H * L), H, stream, kspec=kspec, scale=scale)
+    if keep is not None and shell.backward_supported:
+        keep["spectrum"] = (shell, buf, kspec, scale, stream)
     return y
 
 
@@ -516,7 +523,7 @@ def _cupy_view(t):
     return cupy.ndarray(shape, dt, cupy.cuda.MemoryPointer(mem, 0))
 
 
-def _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need):
+def _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need, spectrum=None):
     """Every requested gradient from one launch of the fused backward kernel, or None when it
     does not serve the problem (CPU tensors, other dtypes, FFT sizes above its range, gates of
     another dtype): the caller then uses the exact formulas.
@@ -524,6 +531,9 @@ def _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need):
     The filter spectrum comes from the direct kernel into a copy of a cached plan shell where
     it serves (else a plan is built); inputs reach the kernel as views of the tensors' memory
     and dx, dpregate, dpostgate are written straight into tensors from torch's allocator.
+    ``spectrum``: what the forward kept (see _fast_convolve), reused when it belongs to the same
+    plan shell (the filter cannot have changed since: autograd checks the saved tensors'
+    versions).
 
     Returns (dx, dk, dpregate, dpostgate, dskip)."""
     torch = _torch()
@@ -552,7 +562,9 @@ def _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need):
     with _on_torch_stream(x):
         cupy = _modules()[1]
         shell = _fused.shell_for(k2.shape[0], k2.shape[1], L, mode, io)
-        if shell is not None and shell.backward_supported:
+        if spectrum is not None and shell is not None and spectrum[0] is shell:
+            plan = shell.with_buffer(*spectrum[1:])
+        elif shell is not None and shell.backward_supported:
             plan = shell.with_spectrum(k2.data_ptr(), "float32", k2.stride(0) if H > 1 else 0,
                                        cupy.cuda.get_current_stream().ptr)
         else:
@@ -632,7 +644,8 @@ def _register_ops():
         x, k, pregate, postgate, skip = ctx.saved_tensors
         need = ctx.needs_input_grad
         causal, precision = ctx.causal, ctx.precision
-        fused = _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need)
+        fused = _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need,
+                                getattr(ctx, "spectrum", None))
         if fused is not None:
             return (*fused, None, None)
         g = dy * postgate if postgate is not None else dy
@@ -674,7 +687,12 @@ def _register_ops():
         def forward(ctx, x, k, pregate, postgate, skip, causal, precision):
             ctx.causal, ctx.precision = causal, precision
             ctx.save_for_backward(x, k, pregate, postgate, skip)
-            return _run_convolve(x, k, causal, pregate, postgate, skip, precision, None)
+            # the filter spectrum of the fused forward, for the backward to reuse (one
+            # spectrum launch per training step instead of two)
+            keep = {} if k.requires_grad or x.requires_grad else None
+            y = _run_convolve(x, k, causal, pregate, postgate, skip, precision, None, keep)
+            ctx.spectrum = None if keep is None else keep.get("spectrum")
+            return y
 
         @staticmethod
         def backward(ctx, dy):

@@ -459,6 +459,17 @@ class FusedPlan:
         plan._update_stream, plan._ready_seen = stream, True
         return plan
 
+    def with_buffer(self, owner, spectrum, multiplier, stream):
+        """A copy of this (shell) plan holding a spectrum already computed by
+        :meth:`spectrum_into` on the stream handle ``stream`` (its ``(spectrum, multiplier)``
+        addresses, in memory that ``owner`` keeps alive): the forward's spectrum reused by the
+        backward."""
+        plan = copy.copy(self)
+        plan._kbuf, plan._kowner = None, owner
+        plan._kspec_ptr, plan._scale_ptr = int(spectrum), int(multiplier)
+        plan._update_stream, plan._ready_seen = stream, True
+        return plan
+
     def _launcher(self, entry, dtype, threads):
         """The :class:`_compile.Launcher` of a kernel entry point (cached; copies made by
         :meth:`with_spectrum` share the cache)."""

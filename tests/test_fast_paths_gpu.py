@@ -295,6 +295,32 @@ def test_torch_eager_path_matches_the_custom_operator(torch, rng, tdtype, gated,
         assert torch.equal(a, b)
 
 
+def test_torch_eager_backward_reuses_the_forward_spectrum(torch, monkeypatch):
+    from longconv import _fused
+    from longconv.adapters import torch as lt
+
+    calls = []
+    real = _fused.FusedPlan.with_spectrum
+
+    def counting(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(_fused.FusedPlan, "with_spectrum", counting)
+    x = torch.randn(2, 4, 200, device="cuda", dtype=torch.float16, requires_grad=True)
+    k = torch.randn(4, 200, device="cuda", requires_grad=True)
+    dy = torch.randn(2, 4, 200, device="cuda", dtype=torch.float16)
+    y = longconv.convolve(x, k)
+    assert type(y.grad_fn).__name__.startswith("ConvolveFunction")
+    g_eager = torch.autograd.grad(y, (x, k), dy)
+    assert calls == []  # the backward took the forward's spectrum
+    y2 = lt._CONVOLVE_OP(x, k, None, None, None, True, None)
+    g_op = torch.autograd.grad(y2, (x, k), dy)
+    assert calls == [1]  # the custom operator's backward computes its own
+    for a, b in zip(g_eager, g_op, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_torch_direct_paths_run_on_the_current_stream(torch, rng):
     side = torch.cuda.Stream()
     k = torch.randn(8, 4096, device="cuda")
