@@ -81,7 +81,7 @@ __device__ __forceinline__ void outer_all(const P& p, const tile_ctx& tc, int lr
     }
     return;
   }
-  fragA mr, mi, mni;
+  fragA mr, mi, mni;  // (mni unused: outer_stage negates x instead)
   if (!SCALED) {
     // (fb and gb are stored in fragB order: their own overload reorders them)
     if (lr == 4) load_frags(INV ? bt.gb : bt.fb, lane, mr, mi, mni);

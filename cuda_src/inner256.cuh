@@ -73,8 +73,8 @@ __device__ __forceinline__ void store_block(u32 plane, u32 sb, const lane_idx& l
 }
 
 // Per-block tables in shared memory, one row per lane (see block_tables::init):
-//   fb, gb: the A fragments of F / 4 and G = conj(F) (stages b and b', packed fp16:
-//           re, im, -im for each), fbase: F at this lane's A-fragment positions in fp32,
+//   fb, gb: F / 4 and G = conj(F) (stages b and b', as B operands in fragB order; packed
+//           fp16: re, im, -im for each), fbase: F at this lane's A-fragment positions in fp32,
 //   tw:     W_256^(k2 q) at this lane's accumulator positions.
 // A fragments (real, imaginary, -imaginary) of a 16 x 16 complex matrix, element-major so a warp
 // reads each part as 32 consecutive 16-byte words (no bank conflicts).

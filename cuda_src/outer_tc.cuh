@@ -31,17 +31,24 @@ __device__ __forceinline__ u32 outer_block_index(int blk, int lr, int ls) {
 // Re(M x) = Re(M) Re(x) + Im(M) (-Im(x)): negating x's imaginary fragment (four sign flips) spares
 // holding -Im(M) in four more registers across the stage; in the backward's register-starved
 // two-stage outer loops those matrices spilled and were re-read from local memory every block.
+// (cr, ci) = M x for the block at sb, then a barrier: the block is read before any lane writes it.
 template <int T>
-__device__ __forceinline__ void outer_stage(u32 re, u32 im, u32 sb, const lane_idx& li,
-                                            const fragA& mr, const fragA& mi) {
+__device__ __forceinline__ void outer_product(u32 re, u32 im, u32 sb, const lane_idx& li,
+                                              const fragA& mr, const fragA& mi, fragC& cr,
+                                              fragC& ci) {
   const fragB xr = load_block_bt(re, sb, li), xi = load_block_bt(im, sb, li);
-  const fragB nxi = negate(xi);
-  fragC cr, ci;
   mma_ab0(cr, mr, xr);
-  mma_ab<T>(cr, mi, nxi);
+  mma_ab<T>(cr, mi, negate(xi));
   mma_ab0(ci, mr, xi);
   mma_ab<T>(ci, mi, xr);
   __syncwarp();  // in place: all reads of the block before any write
+}
+
+template <int T>
+__device__ __forceinline__ void outer_stage(u32 re, u32 im, u32 sb, const lane_idx& li,
+                                            const fragA& mr, const fragA& mi) {
+  fragC cr, ci;
+  outer_product<T>(re, im, sb, li, mr, mi, cr, ci);
   store_block<T>(re, sb, li, cr);
   store_block<T>(im, sb, li, ci);
 }
@@ -93,13 +100,8 @@ template <int T>
 __device__ __forceinline__ void outer_stage_half_out(u32 re, u32 im, u32 sb, const lane_idx& li,
                                                      const half_idx& hx, const fragA& ar,
                                                      const fragA& ai) {
-  const fragB xr = load_block_bt(re, sb, li), xi = load_block_bt(im, sb, li);
   fragC cr, ci;
-  mma_ab0(cr, ar, xr);
-  mma_ab<T>(cr, ai, negate(xi));
-  mma_ab0(ci, ar, xi);
-  mma_ab<T>(ci, ai, xr);
-  __syncwarp();
+  outer_product<T>(re, im, sb, li, ar, ai, cr, ci);
 #pragma unroll
   for (int t = 0; t < 2; ++t) {
     st_shared_u32(re + (sb ^ hx.st[t]), pack2<T>(cr.d[t][0], cr.d[t][1]));
