@@ -689,9 +689,9 @@ def _register_ops():
             ctx.save_for_backward(x, k, pregate, postgate, skip)
             # the filter spectrum of the fused forward, for the backward to reuse (one
             # spectrum launch per training step instead of two)
-            keep = {} if k.requires_grad or x.requires_grad else None
+            keep = {}
             y = _run_convolve(x, k, causal, pregate, postgate, skip, precision, None, keep)
-            ctx.spectrum = None if keep is None else keep.get("spectrum")
+            ctx.spectrum = keep.get("spectrum")
             return y
 
         @staticmethod
