@@ -196,80 +196,159 @@ __device__ void kspec_finalize(const KspecParams& p) {
   kspec_scale(p, v, bad);
 }
 
-// The fused backward's filter gradient from its partial spectra (fused_bwd.cuh): per channel h,
-// A[f] = sum over the tile-slot partials s < S of dks[(h S + s) N + fpos[f]] (fpos[f]: the
-// fragment slot of frequency f), and dk[t] = sum_f Re(A[f] exp(+2 pi i f t / N)) for t < m
-// (0 for m <= t < Lk), summed over every channel when one filter serves them all. The direct
-// sum, for problems with H m N below a bound set on the host (else CuPy's inverse FFT).
+// The fused backward's filter gradient from its partial spectra (fused_bwd.cuh). Per row h (a
+// channel; the host sums the channels first when one filter serves them all), with
+// A[f] = sum over the tile-slot partials s < S of dks[(h S + s) N + fpos[f]]
+// (fpos[f]: the fragment slot of frequency f), dk[t] = sum_f Re(A[f] exp(+2 pi i f t / N)) for
+// t < m (0 for m <= t < Lk). Pairing bin f with N - f, that is the inverse real transform of the
+// Hermitian half spectrum X[f] = (A[f] + conj(A[N - f])) / 2, f <= N / 2:
+//     dk[t] = sum_{f <= N/2} c_f Re(X[f] exp(+2 pi i f t / N)),  c_0 = c_{N/2} = 1, else 2.
+// A block first sums its row's partials into shared memory (coalesced reads of the fragment
+// order), then reads them there in frequency order.
+//   lc_kspec_dk:   the direct sum above (small problems: Hk m N below a bound set on the host);
+//   lc_dk_gather:  X to (Hk, N / 2 + 1) complex fp32, natural order, for an inverse real cuFFT
+//                  (norm "forward": no 1 / N) on the host.
 struct DkParams {
-  const float2* dks;      // (H, S, N) complex fp32 partial sums in fragment order
+  const float2* dks;      // (Hk, S, N) complex fp32 partial sums in fragment order
   const int* fpos;        // (N,) fragment slot of frequency f
   const float2* wtn;      // W_N two-level table
-  float* dk;              // (Hk, Lk) fp32 out
-  i64 H;                  // channels of the partial sums
-  i64 Hk;                 // filters: H, or 1 (summed over the channels)
+  float* dk;              // direct: (Hk, Lk) fp32 out
+  float2* half;           // gather: (Hk, N / 2 + 1) complex fp32 out
+  i64 Hk;                 // rows of the partial sums and of the output
   i64 Lk;                 // taps of dk
   i64 m;                  // taps computed (the rest are zero)
   i64 S;                  // partial sums per channel
   int n;                  // FFT size N
   int circular;           // 1: tap t is lag t mod N
+  int chunks_per_item;    // direct: tap chunks (LC_DK_TAPS) per work item
 };
 
 #define LC_DK_TAPS 64
 #define LC_DK_SPLIT (LC_KSPEC_THREADS / LC_DK_TAPS)
+// Steps of the angle recurrence between exact twiddles from the table: each step's rounding
+// (~6e-8 relative) adds up linearly at worst, so 32 steps keep it under 2e-6.
+#define LC_DK_RESEED 32
 
-__device__ void kspec_dk(const DkParams& p) {
-  __shared__ float2 abuf[LC_KSPEC_TAPS];
-  __shared__ float2 tw[64 + 512];
-  __shared__ float part[LC_KSPEC_THREADS];
-  const int n = p.n;
-  const unsigned mask = (unsigned)n - 1u;
-  const int ti = threadIdx.x % LC_DK_TAPS, fs = threadIdx.x / LC_DK_TAPS;
-  for (int j = threadIdx.x; j < 64 + n / 64; j += LC_KSPEC_THREADS) tw[j] = __ldg(p.wtn + j);
-  const i64 chunks = (p.Lk + LC_DK_TAPS - 1) / LC_DK_TAPS;
-  const i64 items = p.Hk * chunks;
-  for (i64 it = blockIdx.x; it < items; it += gridDim.x) {
-    const i64 ho = it / chunks;
-    const i64 t = (it % chunks) * LC_DK_TAPS + ti;
-    const unsigned lag = (unsigned)(p.circular ? t % n : t);
-    float acc = 0.f;
-    const i64 h0 = p.Hk == 1 ? 0 : ho, h1 = p.Hk == 1 ? p.H : ho + 1;
-    for (i64 h = h0; h < h1; ++h) {
-      const float2* src = p.dks + h * p.S * n;
-      for (int f0 = 0; f0 < n; f0 += LC_KSPEC_TAPS) {
-        const int cnt = min(LC_KSPEC_TAPS, n - f0);
-        __syncthreads();  // tw written / abuf read
-        for (int j = threadIdx.x; j < cnt; j += LC_KSPEC_THREADS) {
-          const int slot = __ldg(p.fpos + f0 + j);
-          float re = 0.f, im = 0.f;
-          for (i64 q = 0; q < p.S; ++q) {
-            const float2 v = src[q * n + slot];
-            re += v.x;
-            im += v.y;
-          }
-          abuf[j] = make_float2(re, im);
-        }
-        __syncthreads();
-        if (t < p.m) {
-          for (int j = fs; j < cnt; j += LC_DK_SPLIT) {
-            const unsigned a = ((unsigned)(f0 + j) * lag) & mask;
-            const float2 w1 = tw[a & 63u], w2 = tw[64u + (a >> 6)];
-            const float wr = w1.x * w2.x - w1.y * w2.y, wi = w1.x * w2.y + w1.y * w2.x;
-            // Re(A conj(W^a)) = Re(A exp(+2 pi i a / N))
-            acc = fmaf(abuf[j].x, wr, fmaf(abuf[j].y, wi, acc));
-          }
+// row[j] = sum over the slots of dks[(ho S + s) N + j], j < N (dynamic shared memory, N float2);
+// ends with a barrier.
+__device__ __forceinline__ void dk_stage_row(const DkParams& p, i64 ho, float2* row) {
+  const int n = p.n;  // a multiple of 256 = LC_KSPEC_THREADS
+  const float2* src = p.dks + ho * p.S * n;
+  __syncthreads();  // the previous item's reads of row are done
+  // four independent loads in flight per thread and slot (N >= 1024), one at N = 256, 512
+  constexpr int U = 4;
+  for (int j0 = 0; j0 < n; j0 += U * LC_KSPEC_THREADS) {
+    float2 v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) v[u] = make_float2(0.f, 0.f);
+#pragma unroll 2
+    for (i64 q = 0; q < p.S; ++q) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int j = j0 + u * LC_KSPEC_THREADS + threadIdx.x;
+        if (j < n) {
+          const float2 a = __ldg(src + q * n + j);
+          v[u].x += a.x;
+          v[u].y += a.y;
         }
       }
     }
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    if (fs == 0 && t < p.Lk) {
 #pragma unroll
-      for (int q = 1; q < LC_DK_SPLIT; ++q) acc += part[threadIdx.x + q * LC_DK_TAPS];
-      p.dk[ho * p.Lk + t] = t < p.m ? acc : 0.f;
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * LC_KSPEC_THREADS + threadIdx.x;
+      if (j < n) row[j] = v[u];
     }
-    __syncthreads();  // part read
   }
+  __syncthreads();
+}
+
+// A[f] + conj(A[N - f]) from the staged row (2 Re A[f] at f = 0 and N / 2).
+__device__ __forceinline__ float2 dk_pair(const DkParams& p, const float2* row, int f) {
+  const float2 a = row[__ldg(p.fpos + f)], b = row[__ldg(p.fpos + ((p.n - f) & (p.n - 1)))];
+  return make_float2(a.x + b.x, a.y - b.y);
+}
+
+// W_N^a from the two-level table (a < N).
+__device__ __forceinline__ float2 dk_twiddle(const float2* tw, unsigned a) {
+  const float2 w1 = tw[a & 63u], w2 = tw[64u + (a >> 6)];
+  return make_float2(w1.x * w2.x - w1.y * w2.y, w1.x * w2.y + w1.y * w2.x);
+}
+
+// Work items: (output row, run of chunks_per_item chunks of LC_DK_TAPS taps). Thread (ti, fs)
+// sums tap t = chunk * LC_DK_TAPS + ti over the bins f = fs, fs + LC_DK_SPLIT, ...; the twiddle
+// W^(f t) advances by W^(LC_DK_SPLIT t) per bin and is taken exact from the table every
+// LC_DK_RESEED bins, so a term costs a shared load (the same address across the warp) and six
+// FMA-pipe instructions instead of three scattered table loads.
+__device__ void kspec_dk(const DkParams& p) {
+  extern __shared__ float2 lc_dk_smem[];
+  __shared__ float2 tw[64 + 512];
+  __shared__ float part[LC_KSPEC_THREADS];
+  const int n = p.n, half = n / 2;
+  float2* row = lc_dk_smem;            // N: the row's partial sums, fragment order
+  float2* xs = lc_dk_smem + n;         // N / 2 + 1: c_f X[f]
+  const unsigned mask = (unsigned)n - 1u;
+  const int ti = threadIdx.x % LC_DK_TAPS, fs = threadIdx.x / LC_DK_TAPS;
+  for (int j = threadIdx.x; j < 64 + n / 64; j += LC_KSPEC_THREADS) tw[j] = __ldg(p.wtn + j);
+  const int cpi = p.chunks_per_item;
+  const i64 chunks = (p.Lk + LC_DK_TAPS - 1) / LC_DK_TAPS;
+  const i64 runs = (chunks + cpi - 1) / cpi;
+  const i64 items = p.Hk * runs;
+  for (i64 it = blockIdx.x; it < items; it += gridDim.x) {
+    const i64 ho = it / runs;
+    const i64 c0 = (it % runs) * cpi, c1 = min(chunks, c0 + cpi);
+    if (c0 * LC_DK_TAPS < p.m) {
+      dk_stage_row(p, ho, row);
+      for (int f = threadIdx.x; f <= half; f += LC_KSPEC_THREADS) {
+        const float2 v = dk_pair(p, row, f);
+        const float c = (f == 0 || f == half) ? 0.5f : 1.f;
+        xs[f] = make_float2(c * v.x, c * v.y);
+      }
+      __syncthreads();
+    }
+    for (i64 c = c0; c < c1; ++c) {
+      const i64 t = c * LC_DK_TAPS + ti;
+      float acc = 0.f;
+      if (c * LC_DK_TAPS < p.m) {
+        const unsigned lag = (unsigned)(p.circular ? t % n : t) & mask;
+        const float2 step = dk_twiddle(tw, ((unsigned)LC_DK_SPLIT * lag) & mask);
+        for (int f0 = fs; f0 <= half; f0 += LC_DK_SPLIT * LC_DK_RESEED) {
+          float2 w = dk_twiddle(tw, ((unsigned)f0 * lag) & mask);
+          const int f1 = min(half + 1, f0 + LC_DK_SPLIT * LC_DK_RESEED);
+          for (int f = f0; f < f1; f += LC_DK_SPLIT) {
+            // Re(X conj(W^(f t))) = Re(X exp(+2 pi i f t / N))
+            const float2 x = xs[f];
+            acc = fmaf(x.x, w.x, fmaf(x.y, w.y, acc));
+            w = make_float2(w.x * step.x - w.y * step.y, w.x * step.y + w.y * step.x);
+          }
+        }
+      }
+      part[threadIdx.x] = acc;
+      __syncthreads();
+      if (fs == 0 && t < p.Lk) {
+#pragma unroll
+        for (int q = 1; q < LC_DK_SPLIT; ++q) acc += part[threadIdx.x + q * LC_DK_TAPS];
+        p.dk[ho * p.Lk + t] = t < p.m ? acc : 0.f;
+      }
+      __syncthreads();  // part read
+    }
+  }
+}
+
+// One block per output row: X[f] for f <= N / 2, natural order.
+__device__ void dk_gather(const DkParams& p) {
+  extern __shared__ float2 lc_dk_smem[];
+  const int half = p.n / 2;
+  for (i64 ho = blockIdx.x; ho < p.Hk; ho += gridDim.x) {
+    dk_stage_row(p, ho, lc_dk_smem);
+    for (int f = threadIdx.x; f <= half; f += LC_KSPEC_THREADS) {
+      const float2 v = dk_pair(p, lc_dk_smem, f);
+      p.half[ho * (half + 1) + f] = make_float2(0.5f * v.x, 0.5f * v.y);
+    }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(LC_KSPEC_THREADS) lc_dk_gather(const DkParams p) {
+  dk_gather(p);
 }
 
 extern "C" __global__ void __launch_bounds__(LC_KSPEC_THREADS) lc_kspec_dk(const DkParams p) {

@@ -67,16 +67,20 @@ KSPEC_PARAMS_DTYPE = _compile.params_dtype(KSPEC_PARAMS_FIELDS)
 
 #: Mirror of ``struct DkParams`` in ``cuda_src/kspec.cuh`` (same order).
 DK_PARAMS_FIELDS = (
-    ("dks", "ptr"), ("fpos", "ptr"), ("wtn", "ptr"), ("dk", "ptr"),
-    ("H", "i64"), ("Hk", "i64"), ("Lk", "i64"), ("m", "i64"), ("S", "i64"),
-    ("n", "i32"), ("circular", "i32"),
+    ("dks", "ptr"), ("fpos", "ptr"), ("wtn", "ptr"), ("dk", "ptr"), ("half", "ptr"),
+    ("Hk", "i64"), ("Lk", "i64"), ("m", "i64"), ("S", "i64"),
+    ("n", "i32"), ("circular", "i32"), ("chunks_per_item", "i32"),
 )
 DK_PARAMS_DTYPE = _compile.params_dtype(DK_PARAMS_FIELDS)
 #: Taps per work item of ``lc_kspec_dk`` (``LC_DK_TAPS``).
 DK_TAPS = 64
 # The backward's dk comes from the direct inverse sum (lc_kspec_dk) when channels * N * taps
-# is at most this, for the reason of KSPEC_DFT_MAX_WORK (a term costs the same dozen
-# instructions; the other way is ~10 CuPy operations and an inverse cuFFT, ~200 us of host).
+# is at most this (a one-launch path for small problems, whose host time is most of a call),
+# else from lc_dk_gather and an inverse real cuFFT (three launches; a forward + backward step
+# took 131 us of host time at N = 1024 against 53-61 us at N = 256).
+# H100, B = 64, H = 768: N = 256 (direct, 2^24.6 terms) 11.9 us; N = 1024 (FFT) 17 us, N = 8192
+# (FFT) 81 us, where the earlier per-frequency direct sum took 31 us and the complex-ifft path
+# (a take, a sum, ifft, real part, scale) 36 and 205 us.
 DK_DIRECT_MAX_WORK = 1 << 25
 KSPEC_THREADS = 256
 #: Bins per work item of the direct spectrum kernel (``LC_KSPEC_BINS`` in kspec.cuh).
@@ -661,16 +665,49 @@ class FusedPlan:
         # alias back onto it when the filter is longer than the signal)
         return min(self.Lk, self.out_offset + self.Lout)
 
-    def _dk_direct(self, dks, H, S, stream):
-        """dk from the backward's partial spectra in one launch (``lc_kspec_dk``): float32
-        ``(Hk, Lk)``, the channels summed when one filter serves them all."""
+    def _dk(self, dks, H, S, stream):
+        """dk from the backward's partial spectra ``dks`` ((H, S, N) complex64, fragment order):
+        float32 ``(Hk, Lk)``, the channels summed when one filter serves them all.
+
+        Small problems take one launch of the direct inverse sum (``lc_kspec_dk``); the others
+        gather the Hermitian half spectrum (``lc_dk_gather``) for an inverse real cuFFT."""
         cupy = _cupy()
-        dk = cupy.empty((self.Hk, self.Lk), dtype=cupy.float32)
-        launch = self._launcher("lc_kspec_dk", DK_PARAMS_DTYPE, KSPEC_THREADS)
-        items = self.Hk * -(-self.Lk // DK_TAPS)
-        launch(min(items, KSPEC_MAX_BLOCKS * 4), 0, stream, (
-            dks.data.ptr, _frag_inverse(cupy, self.n).data.ptr, self._wtn_ptr, dk.data.ptr,
-            H, self.Hk, self.Lk, self._dk_taps(H), S, self.n, int(self.mode == "circular")))
+        N, Lk = self.n, self.Lk
+        m = self._dk_taps(H)
+        if self.Hk == 1 and H > 1:
+            # one filter for every channel: its gradient is linear in the partial spectra
+            dks = dks.reshape(H, S * N).sum(axis=0)
+            H = 1
+        fpos = _frag_inverse(cupy, N).data.ptr
+        circular = int(self.mode == "circular")
+        if H * N * m <= DK_DIRECT_MAX_WORK:
+            dk = cupy.empty((H, Lk), dtype=cupy.float32)
+            chunks = -(-Lk // DK_TAPS)
+            # enough work items for two blocks per SM; each item sums its row's partials once
+            cpi = max(1, min(chunks, H * chunks // (2 * self._info.sm_count)))
+            items = H * -(-chunks // cpi)
+            launch = self._launcher("lc_kspec_dk", DK_PARAMS_DTYPE, KSPEC_THREADS)
+            launch(min(items, KSPEC_MAX_BLOCKS * 4), 8 * N + 8 * (N // 2 + 1), stream, (
+                dks.data.ptr, fpos, self._wtn_ptr, dk.data.ptr, 0, H, Lk, m, S, N, circular,
+                cpi))
+            return dk
+        half = cupy.empty((H, N // 2 + 1), dtype=cupy.complex64)
+        launch = self._launcher("lc_dk_gather", DK_PARAMS_DTYPE, KSPEC_THREADS)
+        launch(min(H, KSPEC_MAX_BLOCKS * 4), 8 * N, stream, (
+            dks.data.ptr, fpos, self._wtn_ptr, 0, half.data.ptr, H, Lk, m, S, N, circular, 1))
+        # norm="forward": the unscaled sum over the Hermitian extension of the half spectrum;
+        # cuFFT's C2R overwrites its input, which is scratch here (no copy of it)
+        import cupyx.scipy.fft
+
+        corr = cupyx.scipy.fft.irfft(half, n=N, axis=-1, norm="forward", overwrite_x=True)
+        if circular:
+            return corr if Lk == N else cupy.ascontiguousarray(corr[:, np.arange(Lk) % N])
+        if m == Lk:
+            return cupy.ascontiguousarray(corr[:, :Lk])
+        # taps past the output window never meet the input (their circular images would
+        # alias back onto it when the filter is longer than the signal)
+        dk = cupy.zeros((H, Lk), dtype=cupy.float32)
+        dk[:, :m] = corr[:, :m]
         return dk
 
     def _numbers(self, a):
@@ -796,23 +833,8 @@ class FusedPlan:
             B, H, L, self.Lout, self.out_offset, 0 if self.Hk == 1 else N // 2, n_tiles, splits,
             tile_pairs, N, pairs, self._prescale, int(vec_in), int(vec_out), slots, 1.0))
         res["x"], res["pregate"], res["postgate"] = dx, dpre, dpost
-        if need_k and H * N * self._dk_taps(H) <= DK_DIRECT_MAX_WORK:
-            res["k"] = self._dk_direct(dks, H, splits * slots, stream)
-        elif need_k:
-            # sum over tiles and slots (fp32), back to natural frequency order; the real part of
-            # N * IFFT is the batch sum of the pairs' correlations (see fused_bwd.cuh).
-            acc = dks.reshape(H, splits * slots, N)
-            acc = acc[:, 0] if splits * slots == 1 else acc.sum(axis=1)
-            corr = cupy.fft.ifft(acc[:, _frag_inverse(cupy, N)], axis=-1).real
-            if self.mode == "circular":
-                dk = corr[:, cupy.arange(self.Lk) % N] * np.float32(N)
-            else:
-                # taps past the output window never meet the input (their circular images
-                # would alias back onto it when the filter is longer than the signal)
-                m = min(self.Lk, self.out_offset + self.Lout)
-                dk = cupy.zeros((H, self.Lk), dtype=cupy.float32)
-                dk[:, :m] = corr[:, :m] * np.float32(N)
-            res["k"] = dk.sum(axis=0, keepdims=True) if self.Hk == 1 and H > 1 else dk
+        if need_k:
+            res["k"] = self._dk(dks, H, splits * slots, stream)
         return res
 
 

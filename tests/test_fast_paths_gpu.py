@@ -127,6 +127,9 @@ def test_update_keeps_the_plan_and_recomputes(rng):
     (4, 1, 1, 1000, 257, "valid"),
     (2, 2, 2, 512, 1500, "circular"),  # three turns of the circle
     (64, 2, 2, 2048, 2048, "causal"),  # several tiles and slots per channel
+    (3, 300, 300, 128, 128, "causal"),  # direct sum: two tap chunks per work item
+    (4, 40, 1, 256, 256, "causal"),    # channels summed before either reduction
+    (2, 1, 1, 4096, 4096, "causal"),   # direct sum at the bound, N = 8192
 ])
 def test_backward_dk_kernel_matches_the_fft_reduction(rng, monkeypatch, case):
     B, H, Hk, L, Lk, mode = case

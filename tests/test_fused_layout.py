@@ -282,3 +282,34 @@ def test_causal_forms_touch_exactly_the_lower_half(n, lr, S):
         for chunk in (0, 8):
             assert len(banks_of_tile([x + chunk for x in lower])) >= (4 if R in (4, 8) else 8)
     assert sorted(seen) == list(range(n // 2))
+
+
+@pytest.mark.parametrize("n", [256, 2048])
+def test_dk_reduction_formulas_match_the_complex_inverse(rng, n):
+    """The two dk reductions of kspec.cuh, modelled in float64 on partial spectra in fragment
+    order: the Hermitian half X[f] = (A[f] + conj(A[N - f])) / 2 summed directly with the
+    weights c_f (lc_kspec_dk, the twiddle advanced by a recurrence reseeded every 32 bins as
+    there) and through an unscaled inverse real FFT (lc_dk_gather), against Re(N ifft(A))."""
+    S = 3
+    dks = rng.standard_normal((S, n)) + 1j * rng.standard_normal((S, n))
+    fpos = np.argsort(_fused.spectrum_order(n).reshape(-1))
+    A = dks.sum(axis=0)[fpos]                       # natural frequency order
+    want = (n * np.fft.ifft(A)).real
+    row = dks.sum(axis=0)
+    f = np.arange(n // 2 + 1)
+    pair = row[fpos[f]] + np.conj(row[fpos[(n - f) % n]])
+    got_fft = np.fft.irfft(pair / 2, n=n, norm="forward")
+    np.testing.assert_allclose(got_fft, want, rtol=0, atol=1e-9 * np.abs(want).max())
+    xs = pair * np.where((f == 0) | (f == n // 2), 0.5, 1.0)
+    split, reseed = 4, 32
+    t = np.arange(n)
+    direct = np.zeros(n)
+    for fs in range(split):
+        step = np.exp(-2j * np.pi * split * t / n).astype(np.complex64)
+        for f0 in range(fs, n // 2 + 1, split * reseed):
+            w = np.exp(-2j * np.pi * ((f0 * t) % n) / n).astype(np.complex64)
+            for ff in range(f0, min(n // 2 + 1, f0 + split * reseed), split):
+                direct += xs[ff].real * w.real + xs[ff].imag * w.imag
+                w = (w * step).astype(np.complex64)
+    err = np.abs(direct - want).max() / np.abs(want).max()
+    assert err < 2e-5, err
