@@ -27,7 +27,7 @@
 // zero elsewhere; eight positions per thread and step.
 template <int IO>
 __device__ __forceinline__ void copy_in_g(const BwdParams& p, const tile_ctx& tc, float scale,
-                                          bool half) {
+                                          bool half, bool dup) {
   const int n = p.n, lout = (int)p.Lout, off = (int)p.out_offset;
   const int lg = 28 - __clz(n) - (half ? 1 : 0);  // log2(positions / 8), see copy_in
   const bool vec = p.vec_out && (off & 7) == 0;
@@ -63,34 +63,21 @@ __device__ __forceinline__ void copy_in_g(const BwdParams& p, const tile_ctx& tc
         v[e] = a;
       }
     }
+    const float m = dup ? scale * LC_DUP_S1 : scale;  // dup: see copy_in
     u32 q[4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) q[e] = pack2<LC_MT>(v[2 * e] * scale, v[2 * e + 1] * scale);
-    *reinterpret_cast<uint4*>(tc.sm + n * r + smem_index(pos)) = uint4{q[0], q[1], q[2], q[3]};
-  }
-}
-
-// Eight values of a plane from position pos on, times mult (pos a multiple of 8 when aligned).
-__device__ __forceinline__ void plane8(const u16* plane, int pos, int n, bool aligned, float mult,
-                                       float (&v)[8]) {
-  if (aligned) {
-    const uint4 a = *reinterpret_cast<const uint4*>(plane + smem_index(pos));
-    const u32 q[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      v[2 * e] = to_f32<LC_MT>((u16)(q[e] & 0xffffu)) * mult;
-      v[2 * e + 1] = to_f32<LC_MT>((u16)(q[e] >> 16)) * mult;
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) v[e] = to_f32<LC_MT>(plane[smem_index((pos + e) & (n - 1))]) * mult;
+    for (int e = 0; e < 4; ++e) q[e] = pack2<LC_MT>(v[2 * e] * m, v[2 * e + 1] * m);
+    const uint4 a = uint4{q[0], q[1], q[2], q[3]};
+    if (dup) *reinterpret_cast<uint4*>(tc.sm + n * r + smem_index(pos + n / 2)) = a;
+    *reinterpret_cast<uint4*>(tc.sm + n * r + smem_index(pos)) = a;
   }
 }
 
 // Stores of a group: dx and dpre from the g planes (c_g at positions 0 .. L - 1), dpost from the
 // u planes (c_u at the output window).
 template <int IO>
-__device__ __forceinline__ void store_bwd(const BwdParams& p, const tile_ctx& tu, const tile_ctx& tg) {
+__device__ __forceinline__ void store_bwd(const BwdParams& p, const tile_ctx& tu, const tile_ctx& tg,
+                                          bool fold2) {
   const int n = p.n, L = (int)p.L, lout = (int)p.Lout, off = (int)p.out_offset;
   const int rows = (int)min((i64)2 * tu.npairs, p.B - 2 * tu.pair0);
   const float s = p.skip ? __ldg(p.skip + tu.h) : 0.f;
@@ -102,7 +89,7 @@ __device__ __forceinline__ void store_bwd(const BwdParams& p, const tile_ctx& tu
       const i64 b = 2 * tu.pair0 + r;
       const i64 xrow = (b * p.H + tu.h) * p.L, orow = (b * p.H + tu.h) * p.Lout;
       float c[8];
-      plane8(tg.sm + n * r, t, n, true, tg.out_mult, c);
+      plane8(tg.sm + n * r, t, n, true, tg.out_mult, fold2, c);
       if (p.dpre) {
         float v[8];
         load8<IO>(p.x, xrow, t, L, vec, v);
@@ -134,7 +121,7 @@ __device__ __forceinline__ void store_bwd(const BwdParams& p, const tile_ctx& tu
       const int r = w / groups, j = (w - r * groups) << 3;
       const i64 orow = ((2 * tu.pair0 + r) * p.H + tu.h) * p.Lout;
       float c[8], d[8];
-      plane8(tu.sm + n * r, j + off, n, aligned, tu.out_mult, c);
+      plane8(tu.sm + n * r, j + off, n, aligned, tu.out_mult, fold2, c);
       load8<IO>(p.dy, orow, j, lout, vec, d);
 #pragma unroll
       for (int e = 0; e < 8; ++e) c[e] *= d[e];
@@ -261,6 +248,8 @@ __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
   const bool window_low = p.out_offset + p.Lout <= n / 2, x_low = p.L <= n / 2;
   const bool half_in = nseg > 1 && window_low && x_low;
   const bool half_out = nseg > 1 && (!NEED_U || window_low) && (!NEED_G || x_low);
+  // the radix-2 stages done by the load and store phases (N = 8192; see copy_in)
+  const bool dup = two && lr1 == 1 && half_in, fold2 = two && lr1 == 1 && half_out;
 
   for (i64 tile = blockIdx.x; tile < p.n_tiles; tile += gridDim.x) {
     const i64 h = tile / p.splits, split = tile - h * p.splits;
@@ -288,14 +277,16 @@ __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
         tu.out_mult = os / tu.in_scale;
         tg.out_mult = os / tg.in_scale;
 
-        copy_in<IO>(p, tu, half_in);
-        copy_in_g<IO>(p, tg, tg.in_scale, half_in);
+        copy_in<IO>(p, tu, half_in, dup);
+        copy_in_g<IO>(p, tg, tg.in_scale, half_in, dup);
         __syncthreads();
         tile_ctx both = tu;
         both.npairs = 2 * np;
         if (two) {
-          outer_all<false, false>(p, both, lr1, 12, half_in);
-          __syncthreads();
+          if (!dup) {
+            outer_all<false, false>(p, both, lr1, 12, half_in);
+            __syncthreads();
+          }
           outer_all<false, true>(p, both, 4, 8);
           __syncthreads();
         } else if (nseg > 1) {
@@ -315,13 +306,15 @@ __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
         if (two) {
           outer_all<true, true>(p, inv, 4, 8);
           __syncthreads();
-          outer_all<true, false>(p, inv, lr1, 12, half_out);
-          __syncthreads();
+          if (!fold2) {
+            outer_all<true, false>(p, inv, lr1, 12, half_out);
+            __syncthreads();
+          }
         } else if (nseg > 1) {
           outer_all<true, false>(p, inv, lr1, 8, half_out);
           __syncthreads();
         }
-        store_bwd<IO>(p, tu, tg);
+        store_bwd<IO>(p, tu, tg, fold2);
         __syncthreads();
       }
     }

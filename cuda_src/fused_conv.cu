@@ -104,11 +104,22 @@ __device__ __forceinline__ void outer_all(const P& p, const tile_ctx& tc, int lr
   }
 }
 
+// The first outer stage at N = 8192 is radix 2 at stride N / 2, (a, b) -> s1 (a + b, a - b) with
+// s1 = 1/sqrt(2) rounded to fp16 as in the block tables (181 / 256). With a zero upper half of the
+// input both outputs are s1 a: the load phase writes them itself ("dup") and the stage is skipped.
+// Mirrored, the last inverse stage keeps only y = a + b below N / 2, which the store phase sums
+// from the two halves ("fold2"). H100, causal fp16, B = 64, H = 768, N = 8192: see
+// docs/benchmarks.md.
+#define LC_DUP_S1 0.70703125f
+#define LC_DUP_S1X2 0x39a839a8u  // (s1, s1) in f16x2
+
 // Plain load of the tile into shared memory: x * pregate * in_scale, zero past L, eight elements
 // per thread. Row r of the tile is pair r / 2, plane r % 2 (batch row 2 pair0 + r).
 // half: only positions below n / 2 (the first outer stage reads no others; see outer_tc.cuh).
+// dup (with half): s1 times those values, at their positions and n / 2 higher.
 template <int IO, class P>
-__device__ __forceinline__ void copy_in(const P& p, const tile_ctx& tc, bool half = false) {
+__device__ __forceinline__ void copy_in(const P& p, const tile_ctx& tc, bool half = false,
+                                        bool dup = false) {
   const int n = p.n, L = (int)p.L, lg = 28 - __clz(n) - (half ? 1 : 0);  // log2(positions / 8)
   const bool vec = p.vec_in;
   for (int w = threadIdx.x; w < (2 * tc.npairs) << lg; w += LC_THREADS) {
@@ -129,6 +140,11 @@ __device__ __forceinline__ void copy_in(const P& p, const tile_ctx& tc, bool hal
           a = uint4{hmul2(a.x, g.x), hmul2(a.y, g.y), hmul2(a.z, g.z), hmul2(a.w, g.w)};
         }
       }
+      if (dup) {
+        a = uint4{hmul2(a.x, LC_DUP_S1X2), hmul2(a.y, LC_DUP_S1X2), hmul2(a.z, LC_DUP_S1X2),
+                  hmul2(a.w, LC_DUP_S1X2)};
+        *reinterpret_cast<uint4*>(plane + smem_index(t + n / 2)) = a;
+      }
       *reinterpret_cast<uint4*>(plane + smem_index(t)) = a;
     } else {
       float v[8];
@@ -144,17 +160,54 @@ __device__ __forceinline__ void copy_in(const P& p, const tile_ctx& tc, bool hal
 #pragma unroll
         for (int e = 0; e < 8; ++e) v[e] = 0.f;
       }
+      const float m = dup ? tc.in_scale * LC_DUP_S1 : tc.in_scale;
       u32 q[4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        q[e] = pack2<LC_MT>(v[2 * e] * tc.in_scale, v[2 * e + 1] * tc.in_scale);
-      *reinterpret_cast<uint4*>(plane + smem_index(t)) = uint4{q[0], q[1], q[2], q[3]};
+      for (int e = 0; e < 4; ++e) q[e] = pack2<LC_MT>(v[2 * e] * m, v[2 * e + 1] * m);
+      const uint4 a = uint4{q[0], q[1], q[2], q[3]};
+      if (dup) *reinterpret_cast<uint4*>(plane + smem_index(t + n / 2)) = a;
+      *reinterpret_cast<uint4*>(plane + smem_index(t)) = a;
     }
   }
 }
 
+// Eight values of a plane from position pos on, times mult (pos a multiple of 8 when aligned);
+// fold2: each the sum of the values at pos + e and pos + e + n / 2. Positions wrap around the
+// plane: the last group of an unaligned window reads up to 7 positions past it, whose values the
+// caller drops.
+__device__ __forceinline__ void plane8(const u16* plane, int pos, int n, bool aligned, float mult,
+                                       bool fold2, float (&v)[8]) {
+  if (aligned) {
+    const uint4 a = *reinterpret_cast<const uint4*>(plane + smem_index(pos));
+    const u32 q[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      v[2 * e] = to_f32<LC_MT>((u16)(q[e] & 0xffffu));
+      v[2 * e + 1] = to_f32<LC_MT>((u16)(q[e] >> 16));
+    }
+    if (fold2) {
+      const uint4 b = *reinterpret_cast<const uint4*>(plane + smem_index(pos + n / 2));
+      const u32 r[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        v[2 * e] += to_f32<LC_MT>((u16)(r[e] & 0xffffu));
+        v[2 * e + 1] += to_f32<LC_MT>((u16)(r[e] >> 16));
+      }
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      v[e] = to_f32<LC_MT>(plane[smem_index((pos + e) & (n - 1))]);
+      if (fold2) v[e] += to_f32<LC_MT>(plane[smem_index((pos + e + n / 2) & (n - 1))]);
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) v[e] *= mult;
+}
+
 // Plain store of the output window from shared memory: times out_mult, postgate, skip.
-template <int IO> __device__ __forceinline__ void copy_out(const ConvParams& p, const tile_ctx& tc) {
+template <int IO>
+__device__ __forceinline__ void copy_out(const ConvParams& p, const tile_ctx& tc, bool fold2) {
   const int n = p.n, lout = (int)p.Lout, off = (int)p.out_offset;
   const int groups = (lout + 7) >> 3;
   const bool vec = p.vec_out, aligned = (off & 7) == 0;
@@ -167,19 +220,7 @@ template <int IO> __device__ __forceinline__ void copy_out(const ConvParams& p, 
     const u16* plane = tc.sm + n * r;
     {
       float v[8];
-      if (aligned) {
-        const uint4 a = *reinterpret_cast<const uint4*>(plane + smem_index(j + off));
-        const u32 q[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          v[2 * e] = to_f32<LC_MT>((u16)(q[e] & 0xffffu)) * tc.out_mult;
-          v[2 * e + 1] = to_f32<LC_MT>((u16)(q[e] >> 16)) * tc.out_mult;
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e)
-          v[e] = to_f32<LC_MT>(plane[smem_index((j + e + off) & (n - 1))]) * tc.out_mult;
-      }
+      plane8(plane, j + off, n, aligned, tc.out_mult, fold2, v);
       if (p.postgate) {
         float g[8];
         load8<IO>(p.postgate, orow, j, lout, vec, g);
@@ -309,6 +350,8 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
   // output window below n / 2
   const bool half_in = nseg > 1 && !p.fold && p.L <= n / 2;
   const bool half_out = nseg > 1 && !p.fold && p.out_offset + p.Lout <= n / 2;
+  // the radix-2 stages done by the load and store phases (N = 8192)
+  const bool dup = two && lr1 == 1 && half_in, fold2 = two && lr1 == 1 && half_out;
 
   for (i64 tile = blockIdx.x; tile < p.n_tiles; tile += gridDim.x) {
     tile_ctx tc;
@@ -322,11 +365,13 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
       tc.in_scale = tile_scale(tile_max_abs_of<IO>(p.x, p.pregate, p.B, p.H, p.L, p.vec_in, n, tc, red));
     tc.out_mult = spectrum_scale(p) / tc.in_scale;
 
-    copy_in<IO>(p, tc, half_in);
+    copy_in<IO>(p, tc, half_in, dup);
     __syncthreads();
     if (two) {
-      outer_all<false, false>(p, tc, lr1, 12, half_in);
-      __syncthreads();
+      if (!dup) {
+        outer_all<false, false>(p, tc, lr1, 12, half_in);
+        __syncthreads();
+      }
       outer_all<false, true>(p, tc, 4, 8);
       __syncthreads();
     } else if (nseg > 1) {
@@ -338,14 +383,16 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
     if (two) {
       outer_all<true, true>(p, tc, 4, 8);
       __syncthreads();
-      outer_all<true, false>(p, tc, lr1, 12, half_out);
-      __syncthreads();
+      if (!fold2) {
+        outer_all<true, false>(p, tc, lr1, 12, half_out);
+        __syncthreads();
+      }
     } else if (nseg > 1) {
       outer_all<true, false>(p, tc, lr1, 8, half_out);
       __syncthreads();
     }
     if (p.fold) fold_store<IO>(p, tc, tc.out_mult);
-    else copy_out<IO>(p, tc);
+    else copy_out<IO>(p, tc, fold2);
     __syncthreads();
   }
 }

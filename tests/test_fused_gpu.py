@@ -100,7 +100,12 @@ def test_circular_folded_lengths(rng, dtype, L, Lk):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode, L, Lk", [("same", 1000, 301), ("same", 4096, 4096),
-                                         ("full", 700, 300), ("valid", 3000, 1001)])
+                                         ("full", 700, 300), ("valid", 3000, 1001),
+                                         # N = 8192, the radix-2 stages in the load and store
+                                         # phases: both (offset 1002, unaligned; offset 1499),
+                                         # the load only (the window ends past N / 2)
+                                         ("valid", 4096, 1003), ("same", 2500, 2999),
+                                         ("same", 4000, 301)])
 def test_windows(rng, dtype, mode, L, Lk):
     x, k, plan, _, y = run_plan(rng, 2, 3, L, Lk, mode, dtype)
     testing.assert_close(y, oracle(x, k, mode, dtype, plan), dtype)
@@ -295,7 +300,9 @@ def test_backward_gated_circular(rng, dtype, n):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode,L,Lk", [("causal", 1000, 77), ("causal", 333, 1200),
                                        ("same", 999, 301), ("full", 700, 300),
-                                       ("valid", 1000, 257), ("circular", 512, 1500)])
+                                       ("valid", 1000, 257), ("circular", 512, 1500),
+                                       ("valid", 4096, 1003), ("same", 2500, 2999),
+                                       ("same", 4000, 301)])  # N = 8192, see test_windows
 def test_backward_windows_and_awkward_lengths(rng, dtype, mode, L, Lk):
     assert run_backward(rng, 3, 2, L, Lk, mode, dtype, gates=True) == 4
 
