@@ -105,7 +105,9 @@ def test_circular_folded_lengths(rng, dtype, L, Lk):
                                          # phases: both (offset 1002, unaligned; offset 1499),
                                          # the load only (the window ends past N / 2)
                                          ("valid", 4096, 1003), ("same", 2500, 2999),
-                                         ("same", 4000, 301)])
+                                         ("same", 4000, 301),
+                                         # N = 512, the same (offsets 50 and 105)
+                                         ("valid", 256, 51), ("same", 150, 211)])
 def test_windows(rng, dtype, mode, L, Lk):
     x, k, plan, _, y = run_plan(rng, 2, 3, L, Lk, mode, dtype)
     testing.assert_close(y, oracle(x, k, mode, dtype, plan), dtype)
@@ -302,7 +304,8 @@ def test_backward_gated_circular(rng, dtype, n):
                                        ("same", 999, 301), ("full", 700, 300),
                                        ("valid", 1000, 257), ("circular", 512, 1500),
                                        ("valid", 4096, 1003), ("same", 2500, 2999),
-                                       ("same", 4000, 301)])  # N = 8192, see test_windows
+                                       ("same", 4000, 301),  # N = 8192, see test_windows
+                                       ("valid", 256, 51), ("same", 150, 211)])  # N = 512
 def test_backward_windows_and_awkward_lengths(rng, dtype, mode, L, Lk):
     assert run_backward(rng, 3, 2, L, Lk, mode, dtype, gates=True) == 4
 
@@ -319,12 +322,15 @@ def test_backward_many_tiles_per_channel(rng):
     assert run_backward(rng, 301, 1, 4096, 4096, "causal", "bfloat16", skip=True) == 3
 
 
-def test_backward_small_gradients_keep_their_precision(rng):
-    # gradients far below fp16's normal range (2^-14): the g planes are scaled per group
-    x = testing.random_array(rng, (4, 2, 2048), "float16", xp=cp)
-    k = rng.standard_normal((2, 2048)).astype(np.float32)
-    plan = _fused.FusedPlan(cp.asarray(k), 2048, mode="causal", io_dtype="float16")
-    dy = (testing.random_array(rng, (4, 2, 2048), "float32", xp=cp) * 1e-6).astype(cp.float16)
+@pytest.mark.parametrize("L, mag", [(2048, 1e-6), (128, 1e-5), (4096, 1e-6), (4096, 20.0),
+                                    (1000, 3e-3), (128, 1e-2)])
+def test_backward_small_gradients_keep_their_precision(rng, L, mag):
+    # gradients far below fp16's normal range (2^-14), or far above 1: the g planes are scaled
+    # per group (in shared memory for fp16 dy; N = 8192 also applies the radix-2 stage's s1 there)
+    x = testing.random_array(rng, (4, 2, L), "float16", xp=cp)
+    k = rng.standard_normal((2, L)).astype(np.float32)
+    plan = _fused.FusedPlan(cp.asarray(k), L, mode="causal", io_dtype="float16")
+    dy = (testing.random_array(rng, (4, 2, L), "float32", xp=cp) * mag).astype(cp.float16)
     res = plan.backward(x, dy)
     ref = backward_oracle(x, k, dy, plan, "float16")
     testing.assert_close(res["x"], ref["x"], "float16")
