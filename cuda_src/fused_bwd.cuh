@@ -213,7 +213,7 @@ __device__ __forceinline__ void flush_dk(float4* dst, const fragC& ar, const fra
 
 // The segments of a group: forward 256-point DFTs of u and g, conj(U) G into (accr, acci) times
 // acc_mult, and the products U K (when dpost is wanted) and G conj(K) (when dx or dpre is) back.
-template <bool NEED_U, bool NEED_G>
+template <bool NEED_U, bool NEED_G, bool C256>
 __device__ __forceinline__ void inner_bwd_seg(const BwdParams& p, const block_tables& bt,
                                               const seg_consts& sc, const lane_idx& li, u16* su,
                                               u16* sg, int np, int seg, int slot, int stride,
@@ -221,12 +221,15 @@ __device__ __forceinline__ void inner_bwd_seg(const BwdParams& p, const block_ta
                                               fragC& acci, int lane) {
   const int n = p.n;
   const u32 sb = blk_idx(256 * seg);
+  const u32 ld2 = C256 ? seg_half_ld(lane) : 0u;
   for (int i = slot; i < np; i += stride) {
     const u32 ur = smem_addr(su + 2 * n * i), gr = smem_addr(sg + 2 * n * i);
     fragC ar, ai, gr_, gi_;
-    seg_stage_a<LC_MT>(ur, ur + 2 * n, sb, li, sc, ar, ai);
+    if (C256) seg_stage_a_half<LC_MT>(ur, ur + 2 * n, sb, ld2, sc, ar, ai);
+    else seg_stage_a<LC_MT>(ur, ur + 2 * n, sb, li, sc, ar, ai);
     seg_stage_b<LC_MT>(bt, lane, ar, ai);
-    seg_stage_a<LC_MT>(gr, gr + 2 * n, sb, li, sc, gr_, gi_);
+    if (C256) seg_stage_a_half<LC_MT>(gr, gr + 2 * n, sb, ld2, sc, gr_, gi_);
+    else seg_stage_a<LC_MT>(gr, gr + 2 * n, sb, li, sc, gr_, gi_);
     seg_stage_b<LC_MT>(bt, lane, gr_, gi_);
 #pragma unroll
     for (int t = 0; t < 2; ++t)
@@ -243,17 +246,19 @@ __device__ __forceinline__ void inner_bwd_seg(const BwdParams& p, const block_ta
       ks.load(kseg);
       if (NEED_U) {
         seg_product<false>(ar, ai, ks);
-        seg_inverse_store<LC_MT>(ur, ur + 2 * n, sb, li, sc, bt, lane, ar, ai);
+        if (C256) seg_inverse_store_half<LC_MT>(ur, ur + 2 * n, sb, li, sc, bt, lane, ar, ai);
+        else seg_inverse_store<LC_MT>(ur, ur + 2 * n, sb, li, sc, bt, lane, ar, ai);
       }
       if (NEED_G) {
         seg_product<true>(gr_, gi_, ks);
-        seg_inverse_store<LC_MT>(gr, gr + 2 * n, sb, li, sc, bt, lane, gr_, gi_);
+        if (C256) seg_inverse_store_half<LC_MT>(gr, gr + 2 * n, sb, li, sc, bt, lane, gr_, gi_);
+        else seg_inverse_store<LC_MT>(gr, gr + 2 * n, sb, li, sc, bt, lane, gr_, gi_);
       }
     }
   }
 }
 
-template <bool NEED_U, bool NEED_G>
+template <bool NEED_U, bool NEED_G, bool C256>
 __device__ __forceinline__ void inner_bwd(const BwdParams& p, const block_tables& bt, u16* su,
                                           u16* sg, int np, const float4* kh, float acc_mult,
                                           float4* dk_tile, bool first) {
@@ -269,14 +274,14 @@ __device__ __forceinline__ void inner_bwd(const BwdParams& p, const block_tables
     fragC accr, acci;
     zero(accr);
     zero(acci);
-    inner_bwd_seg<NEED_U, NEED_G>(p, bt, sc, li, su, sg, np, seg, slot, stride, acc_mult,
+    inner_bwd_seg<NEED_U, NEED_G, C256>(p, bt, sc, li, su, sg, np, seg, slot, stride, acc_mult,
                                   kh + seg * 32 * 4 + lane, accr, acci, lane);
     if (dk_tile && (first || slot < np))
       flush_dk(dk_tile + ((i64)slot * n + 256 * seg + 8 * lane) / 2, accr, acci, !first, pol);
   }
 }
 
-template <int IO, bool NEED_U, bool NEED_G>
+template <int IO, bool NEED_U, bool NEED_G, bool C256>
 __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
   extern __shared__ __align__(16) u16 smem[];
   __shared__ float red[2][LC_WARPS];
@@ -321,15 +326,15 @@ __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
           tu.in_scale = tile_scale(
               tile_max_abs_of<IO>(p.x, p.pregate, p.B, p.H, p.L, p.vec_in, n, tu, red[0]));
         if (raw_g) {
-          const u32 m = copy_in_g_raw(p, tg, half_in, dup);
+          const u32 m = copy_in_g_raw(p, tg, half_in || C256, dup);
           const u32 wm = __reduce_max_sync(0xffffffffu, m);
           if ((threadIdx.x & 31) == 0) red[1][threadIdx.x >> 5] = __uint_as_float(wm);
         } else {
           tg.in_scale = tile_scale(
               tile_max_abs_of<IO>(p.dy, p.postgate, p.B, p.H, p.Lout, p.vec_out, n, tg, red[1]));
-          copy_in_g<IO>(p, tg, tg.in_scale, half_in, dup);
+          copy_in_g<IO>(p, tg, tg.in_scale, half_in || C256, dup);
         }
-        copy_in<IO>(p, tu, half_in, dup);
+        copy_in<IO>(p, tu, half_in || C256, dup);
         __syncthreads();
         if (raw_g) {
           u32 m = 0u;
@@ -361,7 +366,7 @@ __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
       // conj(U) G / N in true units: the unitary spectra carry the scales of u and g.
       const float acc_mult = 1.f / (tu.in_scale * tg.in_scale);
       const bool first = g0 == start;
-      inner_bwd<NEED_U, NEED_G>(p, bt, tu.sm, tg.sm, np, kh, acc_mult, dk_tile, first);
+      inner_bwd<NEED_U, NEED_G, C256>(p, bt, tu.sm, tg.sm, np, kh, acc_mult, dk_tile, first);
       __syncthreads();
       if (np > 0 && (NEED_U || NEED_G)) {
         // Inverse outer stages of the planes still needed (u: dpost; g: dx, dpre).
@@ -393,10 +398,10 @@ __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
 // memory every block (ncu, H100, N = 8192: local loads 5.5x the kernel's own global traffic).
 #define LC_BWD_ENTRY(NAME, IO, NU, NG)                                                        \
   extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) NAME(const BwdParams p) {      \
-    fused_bwd<IO, NU, NG>(p);                                                                 \
+    fused_bwd<IO, NU, NG, false>(p);                                                                 \
   }                                                                                           \
   extern "C" __global__ void __launch_bounds__(LC_THREADS, 1) NAME##_1(const BwdParams p) {  \
-    fused_bwd<IO, NU, NG>(p);                                                                 \
+    fused_bwd<IO, NU, NG, false>(p);                                                                 \
   }
 LC_BWD_ENTRY(lc_fused_bwd_f16_k, LC_F16, false, false)
 LC_BWD_ENTRY(lc_fused_bwd_f16_g, LC_F16, false, true)
@@ -411,3 +416,12 @@ LC_BWD_ENTRY(lc_fused_bwd_f32_g, LC_F32, false, true)
 LC_BWD_ENTRY(lc_fused_bwd_f32_u, LC_F32, true, false)
 LC_BWD_ENTRY(lc_fused_bwd_f32_ug, LC_F32, true, true)
 #undef LC_BWD_ENTRY
+// The causal N = 256 forms (conv_segment_half) of the training case, dx and dk.
+#define LC_BWD_ENTRY_C(NAME, IO)                                                               \
+  extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) NAME##_c(const BwdParams p) {   \
+    fused_bwd<IO, false, true, true>(p);                                                       \
+  }
+LC_BWD_ENTRY_C(lc_fused_bwd_f16_g, LC_F16)
+LC_BWD_ENTRY_C(lc_fused_bwd_bf16_g, LC_BF16)
+LC_BWD_ENTRY_C(lc_fused_bwd_f32_g, LC_F32)
+#undef LC_BWD_ENTRY_C

@@ -302,7 +302,9 @@ template <class P> __device__ __forceinline__ float spectrum_scale(const P& p) {
 }
 
 // The 256-point segments of the tile: items (segment, pair), segment-major so a warp reuses its
-// segment constants and spectrum across the pairs.
+// segment constants and spectrum across the pairs. C256: N = 256 in the causal forms
+// (conv_segment_half).
+template <bool C256>
 __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& tc, const float4* kh) {
   const block_tables& bt = *tc.bt;
   const int lane = threadIdx.x & 31;
@@ -331,11 +333,17 @@ __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& t
       cur = seg;
     }
     const u32 re = smem_addr(tc.sm + 2 * n * i);
-    conv_segment<LC_MT>(re, re + 2 * n, sb, bt.seg_li(lane), sc, bt, kl, lane);
+    if (C256)
+      conv_segment_half<LC_MT>(re, re + 2 * n, sb, bt.seg_li(lane), seg_half_ld(lane), sc, bt, kl,
+                               lane);
+    else
+      conv_segment<LC_MT>(re, re + 2 * n, sb, bt.seg_li(lane), sc, bt, kl, lane);
   }
 }
 
-template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p) {
+// C256: the entry for N = 256 with the input below 128 and the output window below 128 (the host
+// picks it; see conv_segment_half).
+template <int IO, bool C256> __device__ __forceinline__ void fused_conv(const ConvParams& p) {
   extern __shared__ __align__(16) u16 smem[];
   __shared__ float red[LC_WARPS];
   __shared__ __align__(16) block_tables bt;
@@ -365,7 +373,7 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
       tc.in_scale = tile_scale(tile_max_abs_of<IO>(p.x, p.pregate, p.B, p.H, p.L, p.vec_in, n, tc, red));
     tc.out_mult = spectrum_scale(p) / tc.in_scale;
 
-    copy_in<IO>(p, tc, half_in, dup);
+    copy_in<IO>(p, tc, half_in || C256, dup);
     __syncthreads();
     if (two) {
       if (!dup) {
@@ -378,7 +386,7 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
       outer_all<false, false>(p, tc, lr1, 8, half_in);
       __syncthreads();
     }
-    inner_all(p, tc, p.kspec + tc.h * p.k_hstride);
+    inner_all<C256>(p, tc, p.kspec + tc.h * p.k_hstride);
     __syncthreads();
     if (two) {
       outer_all<true, true>(p, tc, 4, 8);
@@ -400,13 +408,15 @@ template <int IO> __device__ __forceinline__ void fused_conv(const ConvParams& p
 #include "fused_bwd.cuh"
 #include "kspec.cuh"
 
-// One entry point per I/O dtype.
-extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) lc_fused_conv_f16(const ConvParams p) {
-  fused_conv<LC_F16>(p);
-}
-extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) lc_fused_conv_bf16(const ConvParams p) {
-  fused_conv<LC_BF16>(p);
-}
-extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) lc_fused_conv_f32(const ConvParams p) {
-  fused_conv<LC_F32>(p);
-}
+// One entry point per I/O dtype, and its causal N = 256 form ("_c").
+#define LC_FWD_ENTRY(NAME, IO)                                                                   \
+  extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) NAME(const ConvParams p) {        \
+    fused_conv<IO, false>(p);                                                                    \
+  }                                                                                              \
+  extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) NAME##_c(const ConvParams p) {    \
+    fused_conv<IO, true>(p);                                                                     \
+  }
+LC_FWD_ENTRY(lc_fused_conv_f16, LC_F16)
+LC_FWD_ENTRY(lc_fused_conv_bf16, LC_BF16)
+LC_FWD_ENTRY(lc_fused_conv_f32, LC_F32)
+#undef LC_FWD_ENTRY

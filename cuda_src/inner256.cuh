@@ -400,6 +400,93 @@ __device__ __forceinline__ void seg_inverse_store(u32 re, u32 im, u32 sb, const 
   store_block<T>(im, sb, li, ci);
 }
 
+// Causal forms of a whole 256-point transform (N = 256: no outer stage), for an input zero from
+// position 128 on and outputs kept below 128, i.e. rows p < 8 of x[p][q] and of y[p][q]:
+//   stage a on the lower half: C = F[:, 0:8] x[0:8, :], an m16n8k8 product per n-tile (the A
+//     fragment of F's first 8 columns is registers 0 and 1 of F's), half the loads and the tensor
+//     work;
+//   stage a' transposed: y^T = E^T G^T, whose columns p < 8 are one n-tile (half the tensor work),
+//     back to y's rows by movmatrix and stored (half the stores).
+// ldmatrix.x2 row of this lane for stage a: row lane % 8, columns 8 (lane / 8 % 2).
+__device__ __forceinline__ u32 seg_half_ld(int lane) {
+  return 2 * smem_index(16 * (lane & 7) + 8 * ((lane >> 3) & 1));
+}
+
+template <int T>
+__device__ __forceinline__ void seg_stage_a_half(u32 re, u32 im, u32 sb, u32 ld2,
+                                                 const seg_consts& kc, fragC& cr, fragC& ci) {
+  u32 xr[2], xi[2];
+  ldmatrix_x2_trans(re + (sb ^ ld2), xr[0], xr[1]);
+  ldmatrix_x2_trans(im + (sb ^ ld2), xi[0], xi[1]);
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    mma1688_zc(cr.d[t], kc.fr.r[0], kc.fr.r[1], xr[t]);
+    mma1688(cr.d[t], kc.fi.r[0], kc.fi.r[1], xi[t] ^ 0x80008000u);
+    mma1688_zc(ci.d[t], kc.fr.r[0], kc.fr.r[1], xi[t]);
+    mma1688(ci.d[t], kc.fi.r[0], kc.fi.r[1], xr[t]);
+  }
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int d = 0; d < 4; ++d) {
+      const cf v = cmul(cf{cr.d[t][d], ci.d[t][d]}, kc.tw[t][d]);
+      cr.d[t][d] = v.re;
+      ci.d[t][d] = v.im;
+    }
+}
+
+// Stage b' as in seg_inverse_store, then the transposed stage a' storing rows p < 8.
+template <int T>
+__device__ __forceinline__ void seg_inverse_store_half(u32 re, u32 im, u32 sb, const lane_idx& li,
+                                                       const seg_consts& kc, const block_tables& bt,
+                                                       int lane, fragC& cr, fragC& ci) {
+  fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
+  fragB mr, mi, mni;
+  load_frags(bt.gb, lane, mr, mi, mni);
+  mma_ab0(cr, ar, mr);
+  mma_ab<T>(cr, ai, mni);
+  mma_ab0(ci, ar, mi);
+  mma_ab<T>(ci, ai, mr);
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int d = 0; d < 4; ++d) {
+      const cf v = cmulc(cf{cr.d[t][d], ci.d[t][d]}, kc.tw[t][d]);
+      cr.d[t][d] = v.re;
+      ci.d[t][d] = v.im;
+    }
+  // y^T[q][p] = sum_k2 E^T[q][k2] G^T[k2][p], p < 8: A = E^T (the A fragment of E^T), B = G^T's
+  // first n-tile (its B registers are those of G's A fragment, bt0 / bt1)
+  const fragA er = transpose(to_a<T>(cr)), ei = transpose(to_a<T>(ci));
+  float yr[4], yi[4];
+  mma16816_zc(yr, er.r, bt0(kc.gr, 0), bt1(kc.gr, 0));
+  mma16816<T>(yr, negate(ei).r, bt0(kc.gi, 0), bt1(kc.gi, 0));
+  mma16816_zc(yi, er.r, bt0(kc.gi, 0), bt1(kc.gi, 0));
+  mma16816<T>(yi, ei.r, bt0(kc.gr, 0), bt1(kc.gr, 0));
+  // yr[0..1]: q = g, p = 2c, 2c + 1; yr[2..3]: q = g + 8. Each 8 x 8 tile transposed gives this
+  // lane y[p = g][q = 2c, 2c + 1] (+ 8): the pairs store_block writes for row g.
+  __syncwarp();  // in place: every lane's reads of the segment precede any lane's writes
+  st_shared_u32(re + (sb ^ li.st[0]), movtrans(pack2<T>(yr[0], yr[1])));
+  st_shared_u32(re + (sb ^ li.st[1]), movtrans(pack2<T>(yr[2], yr[3])));
+  st_shared_u32(im + (sb ^ li.st[0]), movtrans(pack2<T>(yi[0], yi[1])));
+  st_shared_u32(im + (sb ^ li.st[1]), movtrans(pack2<T>(yi[2], yi[3])));
+}
+
+// conv_segment in the causal forms (N = 256 only).
+template <int T>
+__device__ __forceinline__ void conv_segment_half(u32 re, u32 im, u32 sb, const lane_idx& li,
+                                                  u32 ld2, const seg_consts& kc,
+                                                  const block_tables& bt,
+                                                  const float4* __restrict__ kseg, int lane) {
+  fragC cr, ci;
+  seg_stage_a_half<T>(re, im, sb, ld2, kc, cr, ci);
+  seg_spectrum ks;
+  ks.load(kseg);
+  seg_stage_b<T>(bt, lane, cr, ci);
+  seg_product<false>(cr, ci, ks);
+  seg_inverse_store_half<T>(re, im, sb, li, kc, bt, lane, cr, ci);
+}
+
 // The segment at block offset sb of the planes re, im: forward, * K, inverse.
 template <int T>
 __device__ __forceinline__ void conv_segment(u32 re, u32 im, u32 sb, const lane_idx& li,

@@ -30,6 +30,11 @@ BWD_ENTRY = {io: {want: f"lc_fused_bwd_{tag}_{want}" for want in ("k", "g", "u",
 BWD_ENTRY_1 = {io: {want: name + "_1" for want, name in wants.items()}
                for io, wants in BWD_ENTRY.items()}
 
+#: The causal forms at N = 256 (input and output window below 128): the forward, and the
+#: backward for dx and/or dpregate with dk ("g").
+FUSED_ENTRY_C = {io: name + "_c" for io, name in FUSED_ENTRY.items()}
+BWD_ENTRY_C = {io: wants["g"] + "_c" for io, wants in BWD_ENTRY.items()}
+
 
 def fused_key(arch: str = "") -> KernelKey:
     """Key of the fused convolution module (``arch`` empty: the current device's)."""

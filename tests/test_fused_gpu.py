@@ -107,7 +107,11 @@ def test_circular_folded_lengths(rng, dtype, L, Lk):
                                          ("valid", 4096, 1003), ("same", 2500, 2999),
                                          ("same", 4000, 301),
                                          # N = 512, the same (offsets 50 and 105)
-                                         ("valid", 256, 51), ("same", 150, 211)])
+                                         ("valid", 256, 51), ("same", 150, 211),
+                                         # N = 256: the causal entry (input and window
+                                         # below 128, unaligned), and the general one
+                                         ("causal", 100, 50), ("valid", 128, 9),
+                                         ("same", 100, 41), ("full", 130, 101)])
 def test_windows(rng, dtype, mode, L, Lk):
     x, k, plan, _, y = run_plan(rng, 2, 3, L, Lk, mode, dtype)
     testing.assert_close(y, oracle(x, k, mode, dtype, plan), dtype)
@@ -305,7 +309,10 @@ def test_backward_gated_circular(rng, dtype, n):
                                        ("valid", 1000, 257), ("circular", 512, 1500),
                                        ("valid", 4096, 1003), ("same", 2500, 2999),
                                        ("same", 4000, 301),  # N = 8192, see test_windows
-                                       ("valid", 256, 51), ("same", 150, 211)])  # N = 512
+                                       ("valid", 256, 51), ("same", 150, 211),  # N = 512
+                                       ("causal", 100, 50), ("valid", 128, 9),
+                                       ("same", 100, 41),
+                                       ("full", 130, 101)])  # N = 256, see test_windows
 def test_backward_windows_and_awkward_lengths(rng, dtype, mode, L, Lk):
     assert run_backward(rng, 3, 2, L, Lk, mode, dtype, gates=True) == 4
 

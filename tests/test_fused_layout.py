@@ -313,3 +313,23 @@ def test_dk_reduction_formulas_match_the_complex_inverse(rng, n):
                 w = (w * step).astype(np.complex64)
     err = np.abs(direct - want).max() / np.abs(want).max()
     assert err < 2e-5, err
+
+
+def test_segment_causal_form_reads_and_writes_the_lower_half():
+    # N = 256 causal forms (inner256.cuh, conv_segment_half): stage a loads rows p < 8 of
+    # x[16 p + q] by ldmatrix.x2 (tile h: columns 8 h .. 8 h + 7), stage a' stores rows p < 8;
+    # together exactly the positions below 128, each tile conflict-free
+    seen = []
+    for h in (0, 1):
+        rows = [16 * r + 8 * h for r in range(8)]
+        assert len(banks_of_tile(rows)) == 8
+        seen += [x + q for x in rows for q in range(8)]
+    assert sorted(seen) == list(range(128))
+    # the transposed stage a' (y^T = E^T G^T, n-tile p < 8) equals y's rows p < 8
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal((16, 16)) + 1j * rng.standard_normal((16, 16))
+    E = rng.standard_normal((16, 16)) + 1j * rng.standard_normal((16, 16))
+    np.testing.assert_allclose((E.T @ G.T)[:, :8].T, (G @ E)[:8], atol=1e-12)
+    # stage a on the lower rows: F[:, :8] x[:8] is F x for x zero from row 8 on
+    X = np.vstack([rng.standard_normal((8, 16)), np.zeros((8, 16))])
+    np.testing.assert_allclose(dft(16)[:, :8] @ X[:8], dft(16) @ X, atol=1e-12)
