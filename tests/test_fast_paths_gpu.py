@@ -110,14 +110,14 @@ def test_spectrum_multiplier_of_degenerate_filters(monkeypatch, path, value):
 
 def test_update_keeps_the_plan_and_recomputes(rng):
     k1 = cp.asarray(rng.standard_normal((2, 300)).astype(np.float32))
-    k2 = k1 * 1000
+    k2 = k1 * 100  # fp16 outputs stay below 65504 (x1000 reached it for some seeds)
     x = testing.random_array(rng, (3, 2, 500), "float16", xp=cp)
     plan = _fused.FusedPlan(k1, 500, mode="causal", io_dtype="float16")
     y1 = plan(x).astype(cp.float32)
     plan.update(k2)
     y2 = plan(x).astype(cp.float32)
     testing.assert_close(y2, testing.reference_convolve(x, k2), "float16")
-    testing.assert_close(y2 / 1000, y1, "float16")
+    testing.assert_close(y2 / 100, y1, "float16")
 
 
 @pytest.mark.parametrize("case", [  # (B, H, Hk, L, Lk, mode)
