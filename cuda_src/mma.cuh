@@ -49,11 +49,6 @@ __device__ __forceinline__ fragB negate(const fragB& m) {
                 m.r[3] ^ 0x80008000u}};
 }
 
-__device__ __forceinline__ fragA negate(const fragA& m) {
-  return fragA{{m.r[0] ^ 0x80008000u, m.r[1] ^ 0x80008000u, m.r[2] ^ 0x80008000u,
-                m.r[3] ^ 0x80008000u}};
-}
-
 // B operand (n-tile t) of a matrix whose transpose's A fragment is m.
 __device__ __forceinline__ u32 bt0(const fragA& m, int t) { return t ? m.r[1] : m.r[0]; }
 __device__ __forceinline__ u32 bt1(const fragA& m, int t) { return t ? m.r[3] : m.r[2]; }
