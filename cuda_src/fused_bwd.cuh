@@ -23,12 +23,13 @@
 // of the tile's first group and adds those of the later groups (in L2, see flush_dk); holding the
 // sums in registers across groups spilled.
 
-// The g planes of fp16 dy without a postgate (aligned window, vector I/O): dy's bits, unscaled
-// (with dup: at both halves, s1 not yet applied), so the group's scale needs no read of dy before
-// the load (g is scaled by a power of two per group since gradients are often far below fp16's
-// normal range: g_scale_pass applies it). Returns this thread's max |dy| as fp16 bits (the order of the magnitudes' bit patterns
-// is their numeric order; inf and NaN lie above every finite value). The caller reduces it over
-// the block and applies the scale with g_scale_pass.
+// The g planes of fp16 or bf16 dy without a postgate (aligned window, vector I/O): dy's bits,
+// unscaled and unconverted (with dup: at both halves, s1 not yet applied), so the group's scale
+// needs no read of dy before the load (g is scaled by a power of two per group since gradients
+// are often far below fp16's normal range; g_scale_pass applies it and converts bf16 to the fp16
+// operands). Returns this thread's max |dy| as bits of dy's dtype (sign-magnitude: the order of
+// the magnitudes' bit patterns is their numeric order; inf and NaN lie above every finite
+// value). The caller reduces it over the block.
 __device__ __forceinline__ u32 copy_in_g_raw(const BwdParams& p, const tile_ctx& tc, bool half,
                                              bool dup) {
   const int n = p.n, lout = (int)p.Lout, off = (int)p.out_offset;
@@ -52,11 +53,13 @@ __device__ __forceinline__ u32 copy_in_g_raw(const BwdParams& p, const tile_ctx&
   return max(mx & 0xffffu, mx >> 16);
 }
 
-// Every g plane of the group times f (the group's power of two, times s1 for dup), in place: the
-// same values copy_in_g stores (the scaling of an fp16 value by a power of two into fp16's normal
-// range is exact). H100, causal fp16, B = 64, H = 768, forward + backward against the earlier
-// read of dy for its maximum before the load: N = 256 0.176 -> 0.167 ms, 1024 0.466 -> 0.431,
-// 4096 1.715 -> 1.650, 8192 4.28 -> 3.98, 16384 11.93 -> 11.47.
+// Every g plane of the group (dy's bits, IO) times f (the group's power of two, times s1 for dup)
+// as fp16 operands, in place: the same values copy_in_g stores (it computes the same product of
+// the same floats; for fp16 dy the scaling by a power of two into fp16's normal range is even
+// exact). H100, causal fp16, B = 64, H = 768, forward + backward against the earlier read of dy
+// for its maximum before the load: N = 256 0.176 -> 0.167 ms, 1024 0.466 -> 0.431, 4096 1.715 ->
+// 1.650, 8192 4.28 -> 3.98, 16384 11.93 -> 11.47.
+template <int IO>
 __device__ __forceinline__ void g_scale_pass(const tile_ctx& tc, int n, float f) {
   uint4* q = reinterpret_cast<uint4*>(tc.sm);
   for (int w = threadIdx.x; w < (2 * tc.npairs * n) >> 3; w += LC_THREADS) {
@@ -64,7 +67,8 @@ __device__ __forceinline__ void g_scale_pass(const tile_ctx& tc, int n, float f)
     u32* e = reinterpret_cast<u32*>(&a);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
-      e[i] = pack2<LC_MT>(to_f32<LC_MT>((u16)(e[i] & 0xffffu)) * f, to_f32<LC_MT>((u16)(e[i] >> 16)) * f);
+      e[i] = pack2<LC_MT>(to_f32<IO>((u16)(e[i] & 0xffffu)) * f,
+                          to_f32<IO>((u16)(e[i] >> 16)) * f);
     q[w] = a;
   }
 }
@@ -301,8 +305,9 @@ __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
   const bool half_out = nseg > 1 && (!NEED_U || window_low) && (!NEED_G || x_low);
   // the radix-2 stages done by the load and store phases (N = 512, 8192; see copy_in)
   const bool dup = lr1 == 1 && half_in, fold2 = lr1 == 1 && half_out;
-  // fp16 dy without a postgate, aligned: loaded unscaled, its scale found during the load
-  const bool raw_g = IO == LC_F16 && !p.postgate && p.vec_out && (p.out_offset & 7) == 0;
+  // fp16 or bf16 dy without a postgate, aligned: loaded as it is, its scale found during the load
+  const bool raw_g = (IO == LC_F16 || IO == LC_BF16) && !p.postgate && p.vec_out &&
+                     (p.out_offset & 7) == 0;
 
   for (i64 tile = blockIdx.x; tile < p.n_tiles; tile += gridDim.x) {
     const i64 h = tile / p.splits, split = tile - h * p.splits;
@@ -340,10 +345,11 @@ __device__ __forceinline__ void fused_bwd(const BwdParams& p) {
           u32 m = 0u;
 #pragma unroll
           for (int i = 0; i < LC_WARPS; ++i) m = max(m, __float_as_uint(red[1][i]));
-          tg.in_scale = tile_scale(to_f32<LC_MT>((u16)m));
+          constexpr int RAW = IO == LC_BF16 ? LC_BF16 : LC_F16;  // (raw_g: IO is one of them)
+          tg.in_scale = tile_scale(to_f32<RAW>((u16)m));
           const float f = dup ? tg.in_scale * LC_DUP_S1 : tg.in_scale;
-          if (f != 1.f) {
-            g_scale_pass(tg, n, f);
+          if (IO == LC_BF16 || f != 1.f) {  // (bf16 bits become fp16 operands in any case)
+            g_scale_pass<RAW>(tg, n, f);
             __syncthreads();
           }
         }

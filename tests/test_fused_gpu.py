@@ -329,19 +329,26 @@ def test_backward_many_tiles_per_channel(rng):
     assert run_backward(rng, 301, 1, 4096, 4096, "causal", "bfloat16", skip=True) == 3
 
 
-@pytest.mark.parametrize("L, mag", [(2048, 1e-6), (128, 1e-5), (4096, 1e-6), (4096, 20.0),
-                                    (1000, 3e-3), (128, 1e-2)])
-def test_backward_small_gradients_keep_their_precision(rng, L, mag):
+@pytest.mark.parametrize("L, mag, dtype", [(2048, 1e-6, "float16"), (128, 1e-5, "float16"),
+                                           (4096, 1e-6, "float16"), (4096, 20.0, "float16"),
+                                           (1000, 3e-3, "float16"), (128, 1e-2, "float16"),
+                                           (4096, 1e-6, "bfloat16"), (128, 1e-9, "bfloat16"),
+                                           (2048, 3e3, "bfloat16")])
+def test_backward_small_gradients_keep_their_precision(rng, L, mag, dtype):
     # gradients far below fp16's normal range (2^-14), or far above 1: the g planes are scaled
-    # per group (in shared memory for fp16 dy; N = 8192 also applies the radix-2 stage's s1 there)
-    x = testing.random_array(rng, (4, 2, L), "float16", xp=cp)
+    # per group (in shared memory for fp16 and bf16 dy; N = 8192 also applies the radix-2
+    # stage's s1 there)
+    from longconv._arrays import float32_to_bf16
+
+    x = testing.random_array(rng, (4, 2, L), dtype, xp=cp)
     k = rng.standard_normal((2, L)).astype(np.float32)
-    plan = _fused.FusedPlan(cp.asarray(k), L, mode="causal", io_dtype="float16")
-    dy = (testing.random_array(rng, (4, 2, L), "float32", xp=cp) * mag).astype(cp.float16)
+    plan = _fused.FusedPlan(cp.asarray(k), L, mode="causal", io_dtype=dtype)
+    dy = testing.random_array(rng, (4, 2, L), "float32", xp=cp) * mag
+    dy = float32_to_bf16(dy, cp) if dtype == "bfloat16" else dy.astype(cp.float16)
     res = plan.backward(x, dy)
-    ref = backward_oracle(x, k, dy, plan, "float16")
-    testing.assert_close(res["x"], ref["x"], "float16")
-    testing.assert_close(res["k"], ref["k"], rtol=testing.tolerance("float16"))
+    ref = backward_oracle(x, k, dy, plan, dtype)
+    testing.assert_close(res["x"], ref["x"], dtype)
+    testing.assert_close(res["k"], ref["k"], rtol=testing.tolerance(dtype))
 
 
 def test_backward_refuses_what_it_does_not_serve(rng):
