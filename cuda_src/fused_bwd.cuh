@@ -249,12 +249,12 @@ __device__ __forceinline__ void inner_bwd_seg(const BwdParams& p, const block_ta
       seg_spectrum ks;
       ks.load(kseg);
       if (NEED_U) {
-        seg_product<false>(ar, ai, ks);
+        seg_product<false>(ar, ai, ks.k);
         if (C256) seg_inverse_store_half<LC_MT>(ur, ur + 2 * n, sb, li, sc, bt, lane, ar, ai);
         else seg_inverse_store<LC_MT>(ur, ur + 2 * n, sb, li, sc, bt, lane, ar, ai);
       }
       if (NEED_G) {
-        seg_product<true>(gr_, gi_, ks);
+        seg_product<true>(gr_, gi_, ks.k);
         if (C256) seg_inverse_store_half<LC_MT>(gr, gr + 2 * n, sb, li, sc, bt, lane, gr_, gi_);
         else seg_inverse_store<LC_MT>(gr, gr + 2 * n, sb, li, sc, bt, lane, gr_, gi_);
       }
@@ -422,7 +422,8 @@ LC_BWD_ENTRY(lc_fused_bwd_f32_g, LC_F32, false, true)
 LC_BWD_ENTRY(lc_fused_bwd_f32_u, LC_F32, true, false)
 LC_BWD_ENTRY(lc_fused_bwd_f32_ug, LC_F32, true, true)
 #undef LC_BWD_ENTRY
-// The causal N = 256 forms (conv_segment_half) of the training case, dx and dk.
+// The causal N = 256 forms (seg_stage_a_half, seg_inverse_store_half) of the training case,
+// dx and dk.
 #define LC_BWD_ENTRY_C(NAME, IO)                                                               \
   extern "C" __global__ void __launch_bounds__(LC_THREADS, 2) NAME##_c(const BwdParams p) {   \
     fused_bwd<IO, false, true, true>(p);                                                       \

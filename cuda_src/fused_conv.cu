@@ -303,7 +303,7 @@ template <class P> __device__ __forceinline__ float spectrum_scale(const P& p) {
 
 // The 256-point segments of the tile: items (segment, pair), segment-major so a warp reuses its
 // segment constants and spectrum across the pairs. C256: N = 256 in the causal forms
-// (conv_segment_half).
+// (conv_segment's HALF forms).
 template <bool C256>
 __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& tc, const float4* kh) {
   const block_tables& bt = *tc.bt;
@@ -333,16 +333,13 @@ __device__ __forceinline__ void inner_all(const ConvParams& p, const tile_ctx& t
       cur = seg;
     }
     const u32 re = smem_addr(tc.sm + 2 * n * i);
-    if (C256)
-      conv_segment_half<LC_MT>(re, re + 2 * n, sb, bt.seg_li(lane), seg_half_ld(lane), sc, bt, kl,
-                               lane);
-    else
-      conv_segment<LC_MT>(re, re + 2 * n, sb, bt.seg_li(lane), sc, bt, kl, lane);
+    conv_segment<LC_MT, C256>(re, re + 2 * n, sb, bt.seg_li(lane), sc, bt, kl, lane,
+                              C256 ? seg_half_ld(lane) : 0u);
   }
 }
 
 // C256: the entry for N = 256 with the input below 128 and the output window below 128 (the host
-// picks it; see conv_segment_half).
+// picks it; see conv_segment's HALF forms).
 template <int IO, bool C256> __device__ __forceinline__ void fused_conv(const ConvParams& p) {
   extern __shared__ __align__(16) u16 smem[];
   __shared__ float red[LC_WARPS];

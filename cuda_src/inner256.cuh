@@ -318,6 +318,21 @@ struct seg_spectrum {
   }
 };
 
+// P * W (CONJ: P * conj(W)) in place, W eight complex values at this lane's accumulator positions
+// (the segment's filter spectrum, or its 256-point twiddles).
+template <bool CONJ>
+__device__ __forceinline__ void seg_product(fragC& cr, fragC& ci, const cf (&w)[2][4]) {
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int d = 0; d < 4; ++d) {
+      const cf a = cf{cr.d[t][d], ci.d[t][d]};
+      const cf v = CONJ ? cmulc(a, w[t][d]) : cmul(a, w[t][d]);
+      cr.d[t][d] = v.re;
+      ci.d[t][d] = v.im;
+    }
+}
+
 // Stage a of the segment at block offset sb of the planes re, im (shared addresses): C = F x, times
 // the 256-point twiddle.
 template <int T>
@@ -328,14 +343,7 @@ __device__ __forceinline__ void seg_stage_a(u32 re, u32 im, u32 sb, const lane_i
   mma_ab<T>(cr, kc.nfi, xi);
   mma_ab0(ci, kc.fr, xi);
   mma_ab<T>(ci, kc.fi, xr);
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int d = 0; d < 4; ++d) {
-      const cf v = cmul(cf{cr.d[t][d], ci.d[t][d]}, kc.tw[t][d]);
-      cr.d[t][d] = v.re;
-      ci.d[t][d] = v.im;
-    }
+  seg_product<false>(cr, ci, kc.tw);
 }
 
 // Stage b: D = C F, the segment's spectrum in fragment order.
@@ -350,26 +358,10 @@ __device__ __forceinline__ void seg_stage_b(const block_tables& bt, int lane, fr
   mma_ab<T>(ci, ai, mr);
 }
 
-// P * K (CONJ: P * conj(K)) in place, K the segment's spectrum at this lane.
-template <bool CONJ>
-__device__ __forceinline__ void seg_product(fragC& cr, fragC& ci, const seg_spectrum& ks) {
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int d = 0; d < 4; ++d) {
-      const cf a = cf{cr.d[t][d], ci.d[t][d]};
-      const cf v = CONJ ? cmulc(a, ks.k[t][d]) : cmul(a, ks.k[t][d]);
-      cr.d[t][d] = v.re;
-      ci.d[t][d] = v.im;
-    }
-}
-
-// Stages b' and a' of a product P held in (cr, ci), stored in place over the segment.
+// Stage b': E = P G, times conj(W), of a product P held in (cr, ci).
 template <int T>
-__device__ __forceinline__ void seg_inverse_store(u32 re, u32 im, u32 sb, const lane_idx& li,
-                                                  const seg_consts& kc, const block_tables& bt,
-                                                  int lane, fragC& cr, fragC& ci) {
-  // stage b': E = P G, times conj(W)
+__device__ __forceinline__ void seg_stage_b_inv(const seg_consts& kc, const block_tables& bt,
+                                                int lane, fragC& cr, fragC& ci) {
   fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
   fragB mr, mi, mni;
   load_frags(bt.gb, lane, mr, mi, mni);
@@ -377,14 +369,15 @@ __device__ __forceinline__ void seg_inverse_store(u32 re, u32 im, u32 sb, const 
   mma_ab<T>(cr, ai, mni);
   mma_ab0(ci, ar, mi);
   mma_ab<T>(ci, ai, mr);
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int d = 0; d < 4; ++d) {
-      const cf v = cmulc(cf{cr.d[t][d], ci.d[t][d]}, kc.tw[t][d]);
-      cr.d[t][d] = v.re;
-      ci.d[t][d] = v.im;
-    }
+  seg_product<true>(cr, ci, kc.tw);
+}
+
+// Stages b' and a' of a product P held in (cr, ci), stored in place over the segment.
+template <int T>
+__device__ __forceinline__ void seg_inverse_store(u32 re, u32 im, u32 sb, const lane_idx& li,
+                                                  const seg_consts& kc, const block_tables& bt,
+                                                  int lane, fragC& cr, fragC& ci) {
+  seg_stage_b_inv<T>(kc, bt, lane, cr, ci);
 
   // stage a': y = G E  (E enters as its B operand: the A fragment of E^T)
   const fragA er = transpose(to_a<T>(cr)), ei = transpose(to_a<T>(ci));
@@ -425,36 +418,15 @@ __device__ __forceinline__ void seg_stage_a_half(u32 re, u32 im, u32 sb, u32 ld2
     mma1688_zc(ci.d[t], kc.fr.r[0], kc.fr.r[1], xi[t]);
     mma1688(ci.d[t], kc.fi.r[0], kc.fi.r[1], xr[t]);
   }
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int d = 0; d < 4; ++d) {
-      const cf v = cmul(cf{cr.d[t][d], ci.d[t][d]}, kc.tw[t][d]);
-      cr.d[t][d] = v.re;
-      ci.d[t][d] = v.im;
-    }
+  seg_product<false>(cr, ci, kc.tw);
 }
 
-// Stage b' as in seg_inverse_store, then the transposed stage a' storing rows p < 8.
+// Stage b', then the transposed stage a' storing rows p < 8.
 template <int T>
 __device__ __forceinline__ void seg_inverse_store_half(u32 re, u32 im, u32 sb, const lane_idx& li,
                                                        const seg_consts& kc, const block_tables& bt,
                                                        int lane, fragC& cr, fragC& ci) {
-  fragA ar = to_a<T>(cr), ai = to_a<T>(ci);
-  fragB mr, mi, mni;
-  load_frags(bt.gb, lane, mr, mi, mni);
-  mma_ab0(cr, ar, mr);
-  mma_ab<T>(cr, ai, mni);
-  mma_ab0(ci, ar, mi);
-  mma_ab<T>(ci, ai, mr);
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int d = 0; d < 4; ++d) {
-      const cf v = cmulc(cf{cr.d[t][d], ci.d[t][d]}, kc.tw[t][d]);
-      cr.d[t][d] = v.re;
-      ci.d[t][d] = v.im;
-    }
+  seg_stage_b_inv<T>(kc, bt, lane, cr, ci);
   // y^T[q][p] = sum_k2 E^T[q][k2] G^T[k2][p], p < 8: A = E^T (the A fragment of E^T), B = G^T's
   // first n-tile (its B registers are those of G's A fragment, bt0 / bt1)
   const fragA er = transpose(to_a<T>(cr)), ei = transpose(to_a<T>(ci));
@@ -472,34 +444,23 @@ __device__ __forceinline__ void seg_inverse_store_half(u32 re, u32 im, u32 sb, c
   st_shared_u32(im + (sb ^ li.st[1]), movtrans(pack2<T>(yi[2], yi[3])));
 }
 
-// conv_segment in the causal forms (N = 256 only).
-template <int T>
-__device__ __forceinline__ void conv_segment_half(u32 re, u32 im, u32 sb, const lane_idx& li,
-                                                  u32 ld2, const seg_consts& kc,
-                                                  const block_tables& bt,
-                                                  const float4* __restrict__ kseg, int lane) {
-  fragC cr, ci;
-  seg_stage_a_half<T>(re, im, sb, ld2, kc, cr, ci);
-  seg_spectrum ks;
-  ks.load(kseg);
-  seg_stage_b<T>(bt, lane, cr, ci);
-  seg_product<false>(cr, ci, ks);
-  seg_inverse_store_half<T>(re, im, sb, li, kc, bt, lane, cr, ci);
-}
-
-// The segment at block offset sb of the planes re, im: forward, * K, inverse.
-template <int T>
+// The segment at block offset sb of the planes re, im: forward, * K, inverse. HALF: the causal
+// forms (N = 256 only; ld2 = seg_half_ld(lane)).
+template <int T, bool HALF = false>
 __device__ __forceinline__ void conv_segment(u32 re, u32 im, u32 sb, const lane_idx& li,
                                              const seg_consts& kc, const block_tables& bt,
-                                             const float4* __restrict__ kseg, int lane) {
+                                             const float4* __restrict__ kseg, int lane,
+                                             u32 ld2 = 0u) {
   // kseg: this lane's spectrum pointer of the segment (see seg_spectrum)
   fragC cr, ci;
-  seg_stage_a<T>(re, im, sb, li, kc, cr, ci);
+  if (HALF) seg_stage_a_half<T>(re, im, sb, ld2, kc, cr, ci);
+  else seg_stage_a<T>(re, im, sb, li, kc, cr, ci);
   // The spectrum is re-read per pair from L1: holding it across pairs costs 16 registers and
   // spills.
   seg_spectrum ks;
   ks.load(kseg);
   seg_stage_b<T>(bt, lane, cr, ci);
-  seg_product<false>(cr, ci, ks);
-  seg_inverse_store<T>(re, im, sb, li, kc, bt, lane, cr, ci);
+  seg_product<false>(cr, ci, ks.k);
+  if (HALF) seg_inverse_store_half<T>(re, im, sb, li, kc, bt, lane, cr, ci);
+  else seg_inverse_store<T>(re, im, sb, li, kc, bt, lane, cr, ci);
 }
