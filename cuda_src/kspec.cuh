@@ -235,51 +235,28 @@ __device__ __forceinline__ void dk_stage_row(const DkParams& p, i64 ho, float2* 
   const int n = p.n;  // a multiple of 256 = LC_KSPEC_THREADS
   const float2* src = p.dks + ho * p.S * n;
   __syncthreads();  // the previous item's reads of row are done
-  // Loads in flight per thread: eight slots of one position (many slots: N = 256 has eight per
-  // tile), else four positions of each slot.
-  if (p.S >= 8) {
-    for (int j = threadIdx.x; j < n; j += LC_KSPEC_THREADS) {
-      float re = 0.f, im = 0.f;
-      i64 q = 0;
-      for (; q + 8 <= p.S; q += 8) {
-        float2 v[8];
+  // four positions of each slot in flight per thread (fewer below N = 1024)
+  constexpr int U = 4;
+  for (int j0 = 0; j0 < n; j0 += U * LC_KSPEC_THREADS) {
+    float2 v[U];
 #pragma unroll
-        for (int u = 0; u < 8; ++u) v[u] = __ldg(src + (q + u) * n + j);
-#pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          re += v[u].x;
-          im += v[u].y;
-        }
-      }
-      for (; q < p.S; ++q) {
-        const float2 v = __ldg(src + q * n + j);
-        re += v.x;
-        im += v.y;
-      }
-      row[j] = make_float2(re, im);
-    }
-  } else {
-    constexpr int U = 4;
-    for (int j0 = 0; j0 < n; j0 += U * LC_KSPEC_THREADS) {
-      float2 v[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) v[u] = make_float2(0.f, 0.f);
-      for (i64 q = 0; q < p.S; ++q) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int j = j0 + u * LC_KSPEC_THREADS + threadIdx.x;
-          if (j < n) {
-            const float2 a = __ldg(src + q * n + j);
-            v[u].x += a.x;
-            v[u].y += a.y;
-          }
-        }
-      }
+    for (int u = 0; u < U; ++u) v[u] = make_float2(0.f, 0.f);
+#pragma unroll 2
+    for (i64 q = 0; q < p.S; ++q) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int j = j0 + u * LC_KSPEC_THREADS + threadIdx.x;
-        if (j < n) row[j] = v[u];
+        if (j < n) {
+          const float2 a = __ldg(src + q * n + j);
+          v[u].x += a.x;
+          v[u].y += a.y;
+        }
       }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * LC_KSPEC_THREADS + threadIdx.x;
+      if (j < n) row[j] = v[u];
     }
   }
   __syncthreads();
