@@ -393,6 +393,10 @@ class CPUConvPlan:
         if skip is not None:
             skip = np.asarray(skip).reshape(-1)
             skip = np.broadcast_to(skip, (H,))[:, None]
+            if skip.dtype.kind == "f" and skip.dtype.itemsize < np.dtype(self.rdtype).itemsize:
+                # the skip term in the arithmetic's precision (as the GPU kernels take it), not
+                # a float16 product rounded before the sum
+                skip = skip.astype(self.rdtype)
         if H >= rows:
             chunks = [(b, slice(h0, min(h0 + rows, H))) for b in range(B)
                       for h0 in range(0, H, rows)]
