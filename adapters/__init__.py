@@ -17,6 +17,10 @@ Each adapter is a module named after the library whose arrays it handles, exposi
 ``convolve(x, k, causal, *, pregate, postgate, skip, precision, kernel_len, freq_keep)``
     Optional: where present, ``longconv.convolve`` hands the whole call to it (a framework
     whose arrays record gradients wraps the computation in its own differentiable operator).
+``fast_convolve(x, k, causal) -> result or None``
+    Optional: the shortest path of a ``longconv.convolve`` call with every option at its
+    default, tried before any other dispatch (:data:`FAST_CONVOLVE`); None where it does not
+    serve the call, which then takes the general path (and its errors).
 
 Adapters are found by the top-level module of the array's type (``type(obj).__module__``), so
 adding PyTorch, JAX or Dask means adding a module here and one line to ``_REGISTRY``; nothing
@@ -38,6 +42,8 @@ _REGISTRY = {
 }
 
 _loaded = {}
+#: type -> its adapter's ``fast_convolve`` (filled as types are first seen)
+FAST_CONVOLVE = {}
 # type -> adapter module or None: every adapter's ``is_array`` is an ``isinstance`` test, so the
 # answer depends on the type alone (looked up once per type; calls look up several operands)
 _by_type = {}
@@ -64,6 +70,9 @@ def adapter_for(obj):
         mod = mod if mod.is_array(obj) else None
     if len(_by_type) < 4096:
         _by_type[t] = mod
+        fast = getattr(mod, "fast_convolve", None)
+        if fast is not None:
+            FAST_CONVOLVE[t] = fast
     return mod
 
 

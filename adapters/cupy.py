@@ -32,15 +32,37 @@ def from_backend(array, logical_dtype, like=None):
     return cp.asarray(array)
 
 
+_MODULES = []
+
+
+def fast_convolve(x, k, causal):
+    """``longconv.convolve(x, k, causal)`` with default options on the fused kernels' shortest
+    path for float16 (``longconv._fused.cupy_convolve``); None where it does not serve the
+    call."""
+    if type(k) is not type(x):
+        return None
+    if not _MODULES:
+        from longconv import _fused
+
+        _MODULES.append(_fused)
+    c = x.dtype.char
+    if c == "e":
+        return _MODULES[0].cupy_convolve(x, k, causal, None, None)
+    return None
+
+
 def fast_call(plan, x):
-    """A direct launch of the fused ``plan`` for later calls on arrays like ``x`` (same shape,
-    dtype and device, C-contiguous), or None. The callable returns None for other arrays."""
+    """A launch straight from ``plan.forward_ptrs`` (a fused plan) for later calls on arrays
+    like ``x`` (same shape, dtype and device, C-contiguous), or None. The callable returns None
+    for other arrays."""
     cp = _cupy()
-    if x.size == 0 or not hasattr(plan, "forward_ptrs"):
+    if x.size == 0 or not hasattr(plan, "serves_ptrs"):
         return None
     shape, dtype, dev = x.shape, x.dtype, plan.device
     H = shape[-2] if len(shape) >= 2 else 1
     B = x.size // (H * shape[-1])
+    if not plan.serves_ptrs(B, H):
+        return None
     get_device = cp.cuda.runtime.getDevice
     current = cp.cuda.get_current_stream
 

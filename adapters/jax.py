@@ -31,6 +31,7 @@ backend).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -386,23 +387,50 @@ _IO = ("float16", "bfloat16", "float32")
 _KDT = ("float16", "float32", "float64")
 
 
+def _dtype_names(*bufs):
+    """NumPy names of the buffers' dtypes (``dtype.name`` is computed in Python at every
+    access: cached per dtype)."""
+    names = []
+    for b in bufs:
+        dt = b.dtype
+        name = _NAMES.get(dt)
+        if name is None:
+            name = _NAMES[dt] = np.dtype(dt).name
+        names.append(name)
+    return names
+
+
+_NAMES = {}
+
+
+def _on_device(cupy, device_id):
+    """A context making ``device_id`` current (nothing to do when it already is)."""
+    if cupy.cuda.runtime.getDevice() == device_id:
+        return contextlib.nullcontext()
+    return cupy.cuda.Device(device_id)
+
+
 def _direct_forward(cfg, device_id, handle, outs, x, k, pre, post, skip):
     """The fused forward straight on XLA's buffers (no CuPy views, no copy of the result):
     the filter spectrum and the convolution launched on XLA's stream, ``y`` written into the
     output buffer. ``cfg`` is ``(causal, precision, kernel_len, nd)``. Returns False, having
     done nothing, where it does not serve the call (vmapped axes, gates not of x's shape and
-    dtype, skip, other dtypes or sizes); the general body then runs."""
+    dtype, skip not float32 of shape (H,), other dtypes or sizes); the general body then
+    runs. (:func:`convolve` hands gates of x's dtype over broadcast to x's shape and skip
+    widened to float32 per channel, so every gated call can take this path.)"""
     causal, precision, kernel_len, nd = cfg
-    if skip is not None or len(x.shape) != nd or nd < 2:
+    if len(x.shape) != nd or nd < 2:
         return False
-    io, kdt = np.dtype(x.dtype).name, np.dtype(k.dtype).name
+    io, kdt = _dtype_names(x, k)
     if io not in _IO or kdt not in _KDT or precision in ("single", "double") or (
             io == "float32" and precision != "half"):
         return False
-    if any(g is not None and (tuple(g.shape) != tuple(x.shape) or np.dtype(g.dtype).name != io)
-           for g in (pre, post)):
-        return False
     H, L = int(x.shape[-2]), int(x.shape[-1])
+    for g in (pre, post):
+        if g is not None and (tuple(g.shape) != tuple(x.shape) or _dtype_names(g)[0] != io):
+            return False
+    if skip is not None and (tuple(skip.shape) != (H,) or _dtype_names(skip)[0] != "float32"):
+        return False
     B = math.prod(int(v) for v in x.shape[:-2])
     Hk, Lk = (int(v) for v in k.shape)
     if B * H * L == 0:
@@ -412,20 +440,63 @@ def _direct_forward(cfg, device_id, handle, outs, x, k, pre, post, skip):
     from longconv import _fused
 
     m = Lk if kernel_len is None else min(Lk, kernel_len)
-    with cupy.cuda.Device(device_id):
+    with _on_device(cupy, device_id):
         shell = _fused.shell_for(Hk, m, L, "causal" if causal else "same", io)
         if shell is None:
             return False
-        with _xla_stream(cupy, handle, device_id):  # the scratch buffer belongs to this stream
-            buf = cupy.empty(shell.spectrum_bytes, dtype=cupy.uint8)
-        ins = [0 if a is None else _buffer_pointer(a) for a in (x, k, pre, post)]
+        with _xla_stream(cupy, handle, device_id):  # the scratch belongs to this stream
+            buf = cupy.cuda.alloc(shell.spectrum_bytes)
+        ins = [0 if a is None else _buffer_pointer(a) for a in (x, k, pre, post, skip)]
         out = _buffer_pointer(outs[0])
         if _probe is not None:
             _probe({"inputs": [p for p in ins if p], "outputs": [out], "stream": handle,
                     "current_stream": handle, "device": device_id})
-        kspec, scale = shell.spectrum_into(ins[1], kdt, Lk, buf.data.ptr, handle)
-        shell.forward_ptrs(ins[0], ins[2], ins[3], 0, out, B, H, handle, kspec=kspec,
+        kspec, scale = shell.spectrum_into(ins[1], kdt, Lk, buf.ptr, handle)
+        shell.forward_ptrs(ins[0], ins[2], ins[3], ins[4], out, B, H, handle, kspec=kspec,
                            scale=scale)
+    return True
+
+
+def _direct_backward(cfg, device_id, handle, outs, g, u, k):
+    """``(du, dk)`` of the fused backward straight on XLA's buffers: the filter spectrum, the
+    backward and dk's direct inverse sum launched on XLA's stream, du and dk written into the
+    output buffers (float32 data, fp16 tensor-core arithmetic). ``cfg`` is ``(causal,
+    kernel_len, nd, half)``. Returns False, having done nothing, where it does not serve the
+    call (vmapped axes, other dtypes, a cut filter, sizes the fused backward or the direct dk
+    sum do not take); the general body then runs."""
+    causal, kernel_len, nd, half = cfg
+    if not half or len(g.shape) != nd or nd < 2:
+        return False
+    if _dtype_names(g, u, k) != ["float32"] * 3:
+        return False
+    H, L = int(g.shape[-2]), int(g.shape[-1])
+    B = math.prod(int(v) for v in g.shape[:-2])
+    Hk, Lk = (int(v) for v in k.shape)
+    if B * H * L == 0 or (kernel_len is not None and kernel_len < Lk):
+        return False
+    import cupy
+
+    from longconv import _fused
+
+    with _on_device(cupy, device_id):
+        shell = _fused.shell_for(Hk, Lk, L, "causal" if causal else "same", "float32")
+        if shell is None or not shell.backward_supported or not shell.dk_direct(H):
+            return False
+        ptr = [_buffer_pointer(a) for a in (g, u, k, *outs)]
+        if _probe is not None:
+            _probe({"inputs": ptr[:3], "outputs": ptr[3:], "stream": handle,
+                    "current_stream": handle, "device": device_id})
+        with _xla_stream(cupy, handle, device_id):  # the scratch belongs to this stream
+            buf = cupy.cuda.alloc(shell.spectrum_bytes)
+            kspec, scale = shell.spectrum_into(ptr[2], "float32", Lk, buf.ptr, handle)
+            dks = cupy.empty(shell.backward_scratch_bytes(B, H, "g") // 4, dtype=cupy.float32)
+            S = shell.backward_ptrs(ptr[1], 0, ptr[0], 0, 0, ptr[3], 0, 0, dks.data.ptr, B, H,
+                                    "g", handle, kspec=kspec, scale=scale)
+            rows = H
+            if Hk == 1 and H > 1:
+                # one filter for every channel: its gradient is linear in the partial spectra
+                dks, rows = dks.reshape(H, -1).sum(axis=0), 1
+            shell.dk_into(dks.data.ptr, rows, S, ptr[4], handle)
     return True
 
 
@@ -436,8 +507,8 @@ def _eager_direct(x, k, causal, precision, kernel_len):
     jax = _jax()
     if not (isinstance(x, jax.Array) and isinstance(k, jax.Array)):
         return None
-    if x.dtype not in (np.float16, np.float32) or k.dtype not in (np.float16, np.float32,
-                                                                  np.float64):
+    if x.dtype not in (np.float16, np.float32, np.float64) or k.dtype not in (
+            np.float16, np.float32, np.float64):
         return None
     if _platform(x) != "gpu" or _platform(k) != "gpu" or x.devices() != k.devices():
         return None
@@ -572,7 +643,8 @@ def _core(causal, has_pre, has_post, has_skip, precision, kernel_len, bf16, rout
         nd = g.ndim
         return by_platform(
             lambda *a: pure(functools.partial(host_backward, nd), outs, *a),
-            lambda *a: buffered(functools.partial(bwd_kernel, nd), outs, *a),
+            lambda *a: buffered(functools.partial(bwd_kernel, nd), outs, *a,
+                                direct=(_direct_backward, (causal, kernel_len, nd, half))),
             g, u, k)
 
     def primal(x, k, pre, post, skip):
@@ -660,6 +732,7 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     from longconv import _validate
 
     jax = _jax()
+    jnp = jax.numpy
     causal = _validate.check_causal(causal)
     named = {"x": x, "k": k, "pregate": pregate, "postgate": postgate, "skip": skip}
     if not any(_is_tracer(v) for v in named.values()):
@@ -701,9 +774,22 @@ def convolve(x, k, causal=True, *, pregate=None, postgate=None, skip=None, preci
     args = [x2, k2]
     for name in ("pregate", "postgate"):
         g = ops[name]
-        args.append(None if g is None else g.reshape((1,) * (x2.ndim - g.ndim) + g.shape))
+        if g is not None:
+            g = g.reshape((1,) * (x2.ndim - g.ndim) + g.shape)
+            if g.dtype == x2.dtype and g.shape != x2.shape:
+                # a gate of x's dtype goes over at x's shape (XLA writes the broadcast, as the
+                # general route's contiguous copy would), so the fused kernels take it directly
+                g = jnp.broadcast_to(g, x2.shape)
+        args.append(g)
     s = ops["skip"]
-    args.append(None if s is None else s.reshape(-1))
+    if s is not None:
+        s = s.reshape(-1)
+        if s.dtype in (jnp.float16, jnp.bfloat16, jnp.float32):
+            # the fused kernels read skip as float32 per channel (widening is exact)
+            s = jnp.broadcast_to(s.astype(np.float32), (H,))
+        elif s.dtype == jnp.float64:
+            s = jnp.broadcast_to(s, (H,))  # the direct kernel's, per channel
+    args.append(s)
     bf16 = x.dtype == jax.numpy.bfloat16
     if not bf16:
         # bfloat16 reaches the GPU as uint16 bit patterns, which mean bfloat16 only beside a

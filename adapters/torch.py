@@ -118,13 +118,19 @@ def from_backend(array, logical_dtype, like=None):
     return out
 
 
+_RAW_STREAM = []
+
+
 def _raw_stream():
     """``device -> handle`` of torch's current CUDA stream on that device (an int)."""
-    torch = _torch()
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    if raw is not None:
-        return raw
-    return lambda dev: torch.cuda.current_stream(dev).cuda_stream
+    if not _RAW_STREAM:
+        torch = _torch()
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        if raw is None:
+            def raw(dev):
+                return torch.cuda.current_stream(dev).cuda_stream
+        _RAW_STREAM.append(raw)
+    return _RAW_STREAM[0]
 
 
 def fast_call(plan, x):
@@ -134,11 +140,13 @@ def fast_call(plan, x):
     tensors (the general path then serves them, or raises)."""
     torch = _torch()
     if type(x) is not torch.Tensor or not x.is_cuda or x.numel() == 0 \
-            or not hasattr(plan, "forward_ptrs") or x.get_device() != plan.device:
+            or not hasattr(plan, "serves_ptrs") or x.get_device() != plan.device:
         return None
     shape, dtype, dev = x.shape, x.dtype, plan.device
     H = shape[-2] if len(shape) >= 2 else 1
     B = x.numel() // (H * shape[-1])
+    if not plan.serves_ptrs(B, H):
+        return None
     get_device = _modules()[1].cuda.runtime.getDevice
     stream = _raw_stream()
     grad_enabled = torch.is_grad_enabled
@@ -261,8 +269,12 @@ _EAGER_CALLS = set()
 
 
 def _call_key(x, k, pregate, postgate, skip, causal, precision, freq_keep):
-    return (x.device, causal, precision, freq_keep) + tuple(
-        None if t is None else (tuple(t.shape), t.dtype) for t in (x, k, pregate, postgate, skip))
+    # x.get_device(): an int (-1 on the CPU), cheaper than a torch.device; shapes are
+    # torch.Size, tuples already
+    return (x.get_device(), x.is_cuda, causal, precision, freq_keep, x.shape, x.dtype, k.shape,
+            k.dtype, None if pregate is None else (pregate.shape, pregate.dtype),
+            None if postgate is None else (postgate.shape, postgate.dtype),
+            None if skip is None else (skip.shape, skip.dtype))
 
 
 def _refuse_cold_capture(key, what, x, k):
@@ -368,16 +380,29 @@ def _modules():
     return _MODULES
 
 
+def fast_convolve(x, k, causal):
+    """``longconv.convolve(x, k, causal)`` with default options: :func:`_fast_lane` for CUDA
+    tensors, else None (the general path)."""
+    if not x.is_cuda:
+        return None
+    return _fast_lane(x, k, causal, None, None, None)
+
+
 def _fast_lane(x, k, causal, pregate, postgate, skip):
     """``convolve`` of CUDA tensors that record no gradient, in plain eager mode and outside a
     graph capture, straight to :func:`_fast_convolve` (before the general validation: it
     returns None for anything but a well-formed call it serves). Returns None otherwise."""
     torch = _torch()
-    ops = [t for t in (x, k, pregate, postgate, skip) if t is not None]
+    if pregate is None and postgate is None and skip is None:
+        ops = (x, k)
+    else:
+        ops = tuple(t for t in (x, k, pregate, postgate, skip) if t is not None)
     if not _plain_eager(ops):  # also: every operand a plain tensor
         return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in ops):
-        return None
+    if torch.is_grad_enabled():
+        for t in ops:
+            if t.requires_grad:
+                return None
     if torch.cuda.is_current_stream_capturing():
         return None
     y = _fast_convolve(x, k, pregate, postgate, skip, causal, None)
@@ -440,19 +465,20 @@ def _fast_convolve(x, k, pregate, postgate, skip, causal, precision, keep=None):
     shell = _fused.shell_for(Hk, k.shape[-1], L, "causal" if causal else "same", io)
     if shell is None:
         return None
-    k2 = k.detach()
-    kdt = k_names.get(k2.dtype)
+    kdt = k_names.get(k.dtype)
     if kdt is None:
-        k2, kdt = k2.float(), "float32"
-    k2 = k2.reshape(Hk, k2.shape[-1])
-    if k2.stride(-1) != 1:
-        k2 = k2.contiguous()
-    x = x.detach().contiguous()
+        k, kdt = k.detach().float(), "float32"
+    # the spectrum kernel reads rows of contiguous taps ``k_stride`` apart (data_ptr needs no
+    # detach: nothing here records gradients)
+    if k.stride(-1) != 1 and k.shape[-1] > 1:
+        k = k.detach().contiguous()
+    k_stride = k.stride(0) if Hk > 1 else 0
+    if not x.is_contiguous():
+        x = x.detach().contiguous()
     stream = _raw_stream()(dev)
     buf = torch.empty(shell.spectrum_bytes, dtype=torch.uint8, device=x.device)
     y = torch.empty_like(x)
-    kspec, scale = shell.spectrum_into(k2.data_ptr(), kdt,
-                                       k2.stride(0) if Hk > 1 else 0, buf.data_ptr(), stream)
+    kspec, scale = shell.spectrum_into(k.data_ptr(), kdt, k_stride, buf.data_ptr(), stream)
     shell.forward_ptrs(x.data_ptr(), *(g if isinstance(g, int) else g.data_ptr() for g in ptrs),
                        0 if skip is None else skip.data_ptr(), y.data_ptr(),
                        x.numel() // (H * L), H, stream, kspec=kspec, scale=scale)
@@ -549,12 +575,18 @@ def _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need, 
     except ImportError:
         return None
     H, L = x.shape[-2], x.shape[-1]
-    k2 = k.detach().float().reshape(1 if k.ndim == 1 else k.shape[-2], k.shape[-1]).contiguous()
-    if k2.shape[0] not in (1, H) or dy.shape != x.shape:
+    Hk = 1 if k.ndim == 1 else k.shape[-2]
+    if Hk not in (1, H) or dy.shape != x.shape:
         return None
     B = x.numel() // max(1, H * L)
     io = _io_names()[0][x.dtype]
     mode = "causal" if causal else "same"
+    if B and H and L:
+        direct = _direct_backward(x, k, dy, pregate, postgate, skip, need, spectrum, B, H, L,
+                                  io, mode)
+        if direct is not None:
+            return direct
+    k2 = k.detach().float().reshape(Hk, k.shape[-1]).contiguous()
 
     def rows(t):
         return None if t is None else _cupy_view(t.detach().expand(x.shape).reshape(B, H, L))
@@ -603,6 +635,84 @@ def _fused_backward(x, k, dy, pregate, postgate, skip, causal, precision, need, 
         dpre = None if res["pregate"] is None else _reduce_to(tensor("pregate"), pregate)
         dpost = None if res["postgate"] is None else _reduce_to(tensor("postgate"), postgate)
         dskip = None if res["skip"] is None else _skip_grad(copied(res["skip"]), skip)
+    return dx, dk, dpre, dpost, dskip
+
+
+def _direct_backward(x, k, dy, pregate, postgate, skip, need, spectrum, B, H, L, io, mode):
+    """:func:`_fused_backward` without CuPy arrays, stream contexts or copies: the launches on
+    torch's current stream on the tensors' addresses, every result written into memory from
+    torch's allocator (dk included), the forward's spectrum reused when it was made on this
+    stream. Serves gates of x's full shape and problems whose dk takes the direct inverse sum
+    (:meth:`FusedPlan.dk_direct`); returns None for the rest (the general route then runs)."""
+    torch = _torch()
+    _fused, cupy = _modules()
+    for g in (pregate, postgate):
+        if g is not None and g.shape != x.shape:
+            return None  # broadcast gates: their gradients need reductions (general route)
+    dev = x.get_device()
+    if cupy.cuda.runtime.getDevice() != dev or dy.dtype != x.dtype:
+        return None
+    Hk, Lk = (1, k.shape[-1]) if k.ndim == 1 else (k.shape[-2], k.shape[-1])
+    stream = _raw_stream()(dev)
+    if spectrum is not None and spectrum[4] == stream:
+        shell, _, kspec, scale, _ = spectrum
+    else:
+        shell = _fused.shell_for(Hk, Lk, L, mode, io)
+        kspec = None
+    if shell is None or not shell.backward_supported:
+        return None
+    need_x, need_k, need_pre, need_post, need_skip = need[:5]
+    need_pre = need_pre and pregate is not None
+    need_post = need_post and postgate is not None
+    want_g = need_x or need_pre
+    if (need_k and not shell.dk_direct(H)) or not (want_g or need_k or need_post):
+        return None
+    want = ("u" if need_post else "") + ("g" if want_g else "") or "k"
+    spec_buf = None
+    if kspec is None:
+        kk = k.detach()
+        kdt = _io_names()[1].get(kk.dtype)
+        if kdt is None:
+            kk, kdt = kk.float(), "float32"
+        if kk.stride(-1) != 1 and Lk > 1:
+            kk = kk.contiguous()
+        spec_buf = torch.empty(shell.spectrum_bytes, dtype=torch.uint8, device=x.device)
+        kspec, scale = shell.spectrum_into(kk.data_ptr(), kdt, kk.stride(0) if Hk > 1 else 0,
+                                           spec_buf.data_ptr(), stream)
+
+    def contiguous(t):
+        return None if t is None else (t if t.is_contiguous() else t.contiguous())
+
+    x, dy, pregate, postgate = (contiguous(t) for t in (x, dy, pregate, postgate))
+    sk = None
+    if skip is not None:
+        sk = skip.detach().float().reshape(-1).expand(H).contiguous()
+    dx = torch.empty_like(x) if need_x else None
+    dpre = torch.empty_like(x) if need_pre else None
+    dpost = torch.empty_like(dy) if need_post else None
+    dks = None
+    if need_k:
+        dks = torch.empty(shell.backward_scratch_bytes(B, H, want) // 4, dtype=torch.float32,
+                          device=x.device)
+
+    def ptr(t):
+        return 0 if t is None else t.data_ptr()
+
+    S = shell.backward_ptrs(ptr(x), ptr(pregate), ptr(dy), ptr(postgate), ptr(sk), ptr(dx),
+                            ptr(dpre), ptr(dpost), ptr(dks), B, H, want, stream, kspec=kspec,
+                            scale=scale)
+    dk = dskip = None
+    if need_k:
+        rows = H
+        if Hk == 1 and H > 1:
+            # one filter for every channel: its gradient is linear in the partial spectra
+            dks, rows = dks.view(H, -1).sum(0), 1
+        dk = torch.empty((Hk, Lk), dtype=torch.float32, device=x.device)
+        shell.dk_into(dks.data_ptr(), rows, S, dk.data_ptr(), stream)
+        dk = dk.reshape(k.shape).to(k.dtype)
+    if need_skip and skip is not None:
+        per_h = (dy.float() * x.float()).reshape(B, H, L).sum(dim=(0, 2))
+        dskip = _skip_grad(per_h, skip)
     return dx, dk, dpre, dpost, dskip
 
 

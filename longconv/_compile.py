@@ -863,10 +863,12 @@ class Launcher:
     per size.
     """
 
-    __slots__ = ("kernel", "struct", "fptr", "threads", "static_smem", "_smem_ok")
+    __slots__ = ("kernel", "struct", "fptr", "threads", "static_smem", "_smem_ok", "device")
 
     def __init__(self, kernel, dtype: np.dtype, threads: int):
         self.kernel = kernel
+        #: the device whose context holds the kernel (current at construction)
+        self.device = _cupy().cuda.runtime.getDevice()
         self.struct = struct_for(dtype)
         if self.struct.size > 1024:  # pragma: no cover - every params struct is far smaller
             raise ValueError("Launcher: params struct larger than the argument buffer")
@@ -885,7 +887,19 @@ class Launcher:
             self._smem_ok = smem
         arg, argv, _ = _launch_buffers()
         self.struct.pack_into(arg, 0, *values)
-        _driver_launch(self.fptr, grid, 1, 1, self.threads, 1, 1, smem, stream, argv, 0)
+        try:
+            _driver_launch(self.fptr, grid, 1, 1, self.threads, 1, 1, smem, stream, argv, 0)
+        except Exception as exc:
+            # A thread that has made no CUDA runtime call yet has no current context for the
+            # driver (torch's autograd threads, for one, when their allocations come from
+            # torch's cache): bind the device's primary context and launch again.
+            if getattr(exc, "status", None) != _CUDA_ERROR_INVALID_CONTEXT:
+                raise
+            _cupy().cuda.runtime.setDevice(self.device)
+            _driver_launch(self.fptr, grid, 1, 1, self.threads, 1, 1, smem, stream, argv, 0)
+
+
+_CUDA_ERROR_INVALID_CONTEXT = 201
 
 
 def _driver_launch(*args):

@@ -98,10 +98,16 @@ KSPEC_MAX_BLOCKS = 512
 KSPEC_DFT_MAX_WORK = 1 << 25
 # Up to KSPEC_SINGLE_BLOCK_WORK terms one block sums the spectrum and scales it (one launch,
 # ~3 us of GPU time at the bound; N = 256 with 256 taps is 33K terms), saving the finalize
-# launch's ~4 us of host time.
+# launch's ~4 us of host time. Not more: at 2^17 (L = 256 at N = 512 with a full-length filter,
+# 65.8K terms) the one block took ~16 us of GPU time, and the small one-shot call, host-bound
+# at ~22 us with two launches, became GPU-bound at 26.7 us (H100, benchmarks/bench_overhead.py).
 KSPEC_SINGLE_BLOCK_WORK = 1 << 16
 #: Direct spectrum kernels by the filters' dtype.
 _DFT_ENTRY = {"float16": "dft_f16", "float32": "dft_f32", "float64": "dft_f64"}
+_DFT_KERNEL = {name: "lc_kspec_" + entry for name, entry in _DFT_ENTRY.items()}
+#: Filter dtype names of the direct spectrum kernels by NumPy type code (``dtype.char``, a C
+#: attribute: ``dtype.name`` is computed in Python at every access).
+_DFT_NAME_BY_CHAR = {"e": "float16", "f": "float32", "d": "float64"}
 
 THREADS = 256
 MODES = ("causal", "circular", "full", "same", "valid")
@@ -279,10 +285,6 @@ def row_stride(k):
     return s0 // it if s1 == it and s0 % it == 0 and s0 >= 0 else None
 
 
-def _aligned16(a) -> bool:
-    return a is None or a.data.ptr % 16 == 0
-
-
 _CUPY = []
 
 
@@ -402,6 +404,7 @@ class FusedPlan:
         self._wtab = _twiddle_table(cupy)
         self._wtn = _twiddle_table_n(cupy, N)
         self._wtab_ptr, self._wtn_ptr = self._wtab.data.ptr, self._wtn.data.ptr
+        self._kpos_ptr = _kspec_pos(cupy, N).data.ptr  # the table is cached, never freed
         # fp16 inputs are bounded by 65504 and read once; bf16 and fp32 inputs can exceed the
         # fp16 operands' range, so each tile is scaled by a power of two (one more read of the
         # tile, from L2).
@@ -440,8 +443,7 @@ class FusedPlan:
         (:attr:`spectrum_bytes`, 16-byte aligned) on the stream handle ``stream``. Only for
         plans with :attr:`direct_spectrum`. Returns ``(spectrum, multiplier)`` addresses for
         :meth:`forward_ptrs`."""
-        return self._spectrum_launches("lc_kspec_" + _DFT_ENTRY[k_dtype], k, 0, k_stride, buf,
-                                       stream)
+        return self._spectrum_launches(_DFT_KERNEL[k_dtype], k, 0, k_stride, buf, stream)
 
     def _spectrum_launches(self, entry, k, rspec, k_stride, buf, stream):
         """The direct (``k``) or gather (``rspec``) launch, then the finalize launch unless one
@@ -449,7 +451,7 @@ class FusedPlan:
         kspec, scale = buf, buf + 8 * self.Hk * self.n
         partial = scale + 16
         self._launcher(entry, KSPEC_PARAMS_DTYPE, KSPEC_THREADS)(self._kspec_grid, 0, stream, (
-            k, rspec, _kspec_pos(_cupy(), self.n).data.ptr, self._wtn_ptr, kspec, partial,
+            k, rspec, self._kpos_ptr, self._wtn_ptr, kspec, partial,
             scale, self.Hk, self._taps, k_stride, self._wrap, self.n, self._keep, self._nparts,
             1.0 / math.sqrt(self.n)))
         if not self._single:
@@ -651,6 +653,10 @@ class FusedPlan:
             n_tiles, tiles_per_h, self.n, pairs, self._prescale, int(vec_in), int(vec_out),
             1.0))
 
+    def serves_ptrs(self, B, H):
+        """Whether :meth:`forward_ptrs` serves calls on (B, H, L) inputs (always)."""
+        return True
+
     def launch_args(self, x, pregate, postgate, skip, y):
         """(grid, shared memory bytes, arguments) of one launch on validated CuPy operands."""
         B, H, _ = (int(s) for s in x.shape)
@@ -690,14 +696,7 @@ class FusedPlan:
         circular = int(self.mode == "circular")
         if H * N * m <= DK_DIRECT_MAX_WORK:
             dk = cupy.empty((H, Lk), dtype=cupy.float32)
-            chunks = -(-Lk // DK_TAPS)
-            # enough work items for two blocks per SM; each item sums its row's partials once
-            cpi = max(1, min(chunks, H * chunks // (2 * self._info.sm_count)))
-            items = H * -(-chunks // cpi)
-            launch = self._launcher("lc_kspec_dk", DK_PARAMS_DTYPE, KSPEC_THREADS)
-            launch(min(items, KSPEC_MAX_BLOCKS * 4), 8 * N + 8 * (N // 2 + 1), stream, (
-                dks.data.ptr, fpos, self._wtn_ptr, dk.data.ptr, 0, H, Lk, m, S, N, circular,
-                cpi))
+            self.dk_into(dks.data.ptr, H, S, dk.data.ptr, stream)
             return dk
         half = cupy.empty((H, N // 2 + 1), dtype=cupy.complex64)
         launch = self._launcher("lc_dk_gather", DK_PARAMS_DTYPE, KSPEC_THREADS)
@@ -802,9 +801,28 @@ class FusedPlan:
         dx = buffer("x", x, need_x)
         dpre = buffer("pregate", x, need_pregate)
         dpost = buffer("postgate", dy, need_postgate)
-        N = self.n
-        npairs = (B + 1) // 2
         want = ("u" if need_postgate else "") + ("g" if want_g else "") or "k"
+        stream = cupy.cuda.get_current_stream().ptr
+        dks = None
+        if need_k:
+            dks = cupy.empty(self.backward_scratch_bytes(B, H, want) // 8, dtype=cupy.complex64)
+        ptr = [0 if a is None else a.data.ptr
+               for a in (x, pregate, dy, postgate, skip, dx, dpre, dpost, dks)]
+        S = self.backward_ptrs(*ptr, B, H, want, stream)
+        res["x"], res["pregate"], res["postgate"] = dx, dpre, dpost
+        if need_k:
+            res["k"] = self._dk(dks, H, S, stream)
+        return res
+
+    def _bwd_geometry(self, B, H, want):
+        """(launcher, grid, shared memory bytes, pairs, n_tiles, splits, tile_pairs, slots) of a
+        backward launch computing ``want`` (cached)."""
+        key = ("bwd", B, H, want)
+        geo = self._geometry.get(key)
+        if geo is not None:
+            return geo
+        N, L = self.n, self.L
+        npairs = (B + 1) // 2
         if self._c256 and want == "g":
             launch = self._launcher(BWD_ENTRY_C[self.io_dtype], BWD_PARAMS_DTYPE, THREADS)
         else:
@@ -825,28 +843,70 @@ class FusedPlan:
         tile_pairs = -(-groups // splits) * pairs
         splits = -(-npairs // tile_pairs)
         n_tiles = H * splits
-        dks = cupy.empty(n_tiles * slots * N, dtype=cupy.complex64) if need_k else None
         smem = 8 * N * pairs
         blocks_per_sm = max(1, min(2, self._info.smem_per_sm // (smem + 1024)))
         grid = int(min(n_tiles, sms * blocks_per_sm))
-        vec_in = L % 8 == 0 and all(_aligned16(a) for a in (x, pregate, dx, dpre))
-        vec_out = self.Lout % 8 == 0 and all(_aligned16(a) for a in (dy, postgate, dpost))
         if blocks_per_sm == 1:
             # shared memory allows no second block: the entry built for one block per SM, with
             # the whole register file
             launch = self._launcher(BWD_ENTRY_1[self.io_dtype][want], BWD_PARAMS_DTYPE, THREADS)
-        stream = cupy.cuda.get_current_stream().ptr
-        kspec, scale = self._own_spectrum(stream)
-        ptr = [0 if a is None else a.data.ptr
-               for a in (x, pregate, dy, postgate, skip, dx, dpre, dpost, dks)]
+        geo = (launch, grid, smem, pairs, n_tiles, splits, tile_pairs, slots)
+        if len(self._geometry) >= 256:
+            self._geometry.clear()
+        self._geometry[key] = geo
+        return geo
+
+    def backward_scratch_bytes(self, B, H, want):
+        """Bytes of the dk partial spectra a backward launch writes (``dks`` of
+        :meth:`backward_ptrs`)."""
+        _, _, _, _, n_tiles, _, _, slots = self._bwd_geometry(B, H, want)
+        return 8 * n_tiles * slots * self.n
+
+    def backward_ptrs(self, x, pregate, dy, postgate, skip, dx, dpre, dpost, dks, B, H, want,
+                      stream, *, kspec=None, scale=None):
+        """One backward launch on device addresses (0: absent) on the stream handle ``stream``,
+        computing ``want`` ("g": dx/dpregate, "u": dpostgate, "ug" both, "k": dk only; dk's
+        partial spectra go to ``dks``, :meth:`backward_scratch_bytes`, whenever it is not 0).
+        Operands as in :meth:`backward`, C-contiguous; nothing is checked (the callers
+        validate). ``kspec``/``scale`` default to the plan's own spectrum, else come from
+        :meth:`spectrum_into`. Returns the partial spectra per channel, ``S`` of
+        :meth:`dk_into`."""
+        launch, grid, smem, pairs, n_tiles, splits, tile_pairs, slots = self._bwd_geometry(
+            B, H, want)
+        N, L = self.n, self.L
+        vec_in = L % 8 == 0 and x % 16 == 0 and pregate % 16 == 0 and dx % 16 == 0 \
+            and dpre % 16 == 0
+        vec_out = self.Lout % 8 == 0 and dy % 16 == 0 and postgate % 16 == 0 \
+            and dpost % 16 == 0
+        if kspec is None:
+            kspec, scale = self._own_spectrum(stream)
         launch(grid, smem, stream, (
-            *ptr[:5], kspec, self._wtab_ptr, self._wtn_ptr, scale, *ptr[5:],
-            B, H, L, self.Lout, self.out_offset, 0 if self.Hk == 1 else N // 2, n_tiles, splits,
-            tile_pairs, N, pairs, self._prescale, int(vec_in), int(vec_out), slots, 1.0))
-        res["x"], res["pregate"], res["postgate"] = dx, dpre, dpost
-        if need_k:
-            res["k"] = self._dk(dks, H, splits * slots, stream)
-        return res
+            x, pregate, dy, postgate, skip, kspec, self._wtab_ptr, self._wtn_ptr, scale, dx,
+            dpre, dpost, dks, B, H, L, self.Lout, self.out_offset,
+            0 if self.Hk == 1 else N // 2, n_tiles, splits, tile_pairs, N, pairs,
+            self._prescale, int(vec_in), int(vec_out), slots, 1.0))
+        return splits * slots
+
+    def dk_direct(self, H):
+        """Whether :meth:`dk_into` serves the dk of a backward over ``H`` channels (the direct
+        inverse sum, one launch, no scratch; with one filter for every channel, once the
+        channels' partial spectra are summed): else :meth:`backward` reduces with cuFFT."""
+        rows = 1 if self.Hk == 1 else H
+        return rows * self.n * self._dk_taps(H) <= DK_DIRECT_MAX_WORK
+
+    def dk_into(self, dks, H, S, dk, stream):
+        """dk (float32 ``(Hk, Lk)`` at address ``dk``) from the partial spectra at ``dks``
+        (``H`` channels, ``S`` partials each) in one launch on the stream handle ``stream``;
+        only where :meth:`dk_direct` says so."""
+        N, Lk = self.n, self.Lk
+        chunks = -(-Lk // DK_TAPS)
+        # enough work items for two blocks per SM; each item sums its row's partials once
+        cpi = max(1, min(chunks, H * chunks // (2 * self._info.sm_count)))
+        items = H * -(-chunks // cpi)
+        launch = self._launcher("lc_kspec_dk", DK_PARAMS_DTYPE, KSPEC_THREADS)
+        launch(min(items, KSPEC_MAX_BLOCKS * 4), 8 * N + 8 * (N // 2 + 1), stream, (
+            dks, _frag_inverse(_cupy(), N).data.ptr, self._wtn_ptr, dk, 0, H, Lk,
+            self._dk_taps(H), S, N, int(self.mode == "circular"), cpi))
 
 
 def make_plan(k, L, *, mode, io_dtype, n=None, freq_keep=None, kernel_len=None, precision=None,
@@ -915,39 +975,72 @@ def cupy_convolve(x, k, causal, precision, kernel_len):
     float16 x (float32 with ``precision="half"``), float16/32/64 filters ``(H, Lk)``,
     ``(1, Lk)`` or ``(Lk,)``, everything C-contiguous on the current device, a problem the
     direct spectrum kernel serves.
+
+    Every test here is a C attribute or a dict lookup: the call's host time is the two launches
+    and the output's allocation (see benchmarks/bench_overhead.py).
     """
+    xc = x.dtype.char
+    if xc == "e":
+        if precision is not None and precision != "half":
+            return None
+        io = "float16"
+    elif xc == "f" and precision == "half":
+        io = "float32"
+    else:
+        return None
+    kdt = _DFT_NAME_BY_CHAR.get(k.dtype.char)
+    if kdt is None:
+        return None
+    if x.nbytes > (1 << 30):
+        return None
+    layout = call_layout(x, k)
+    if layout is None:
+        return None
+    L, H, Hk, Lk, stride = layout
+    if kernel_len is not None and kernel_len < Lk:
+        Lk = kernel_len  # the first taps of each row: same address and row stride
     cupy = _cupy()
-    dt = x.dtype
-    if not (dt == np.float16 and precision in (None, "half")
-            or dt == np.float32 and precision == "half"):
-        return None
-    if k.dtype.name not in _DFT_ENTRY:
-        return None
-    shape = x.shape
-    if not shape or x.size == 0 or not x.flags.c_contiguous or x.nbytes > (1 << 30):
-        return None
-    L = shape[-1]
-    H = shape[-2] if len(shape) >= 2 else 1
-    if k.ndim == 1:
-        k = k[None]
-    if k.ndim != 2 or k.shape[0] not in (1, H) or k.shape[1] < 1:
-        return None
-    if kernel_len is not None and kernel_len < k.shape[1]:
-        k = k[:, :kernel_len]
     dev = cupy.cuda.runtime.getDevice()
     if x.data.device_id != dev or k.data.device_id != dev:
         return None
-    stride = row_stride(k)
-    if stride is None:
-        return None
-    shell = shell_for(k.shape[0], k.shape[1], L, "causal" if causal else "same",
-                      "float16" if dt == np.float16 else "float32")
+    shell = shell_for(Hk, Lk, L, "causal" if causal else "same", io)
     if shell is None:
         return None
-    B = x.size // (H * L)
     stream = cupy.cuda.get_current_stream().ptr
-    y = cupy.empty(shape, dtype=dt)
-    buf = cupy.empty(shell.spectrum_bytes, dtype=cupy.uint8)
-    kspec, scale = shell.spectrum_into(k.data.ptr, k.dtype.name, stride, buf.data.ptr, stream)
-    shell.forward_ptrs(x.data.ptr, 0, 0, 0, y.data.ptr, B, H, stream, kspec=kspec, scale=scale)
+    y = cupy.empty(x.shape, dtype=x.dtype)
+    # the spectrum's scratch straight from CuPy's pool: no array object around it (the pool
+    # orders its reuse on this stream after the launches below)
+    buf = cupy.cuda.alloc(shell.spectrum_bytes)
+    kspec, scale = shell.spectrum_into(k.data.ptr, kdt, stride, buf.ptr, stream)
+    shell.forward_ptrs(x.data.ptr, 0, 0, 0, y.data.ptr, x.size // (H * L), H, stream,
+                       kspec=kspec, scale=scale)
     return y
+
+
+def call_layout(x, k):
+    """``(L, H, Hk, Lk, k_stride)`` of a ``convolve(x, k)`` call on device arrays the short
+    paths serve: ``x`` ``(..., H, L)`` C-contiguous and not empty, ``k`` ``(Hk, Lk)`` with
+    ``Hk`` 1 or ``H`` or ``(Lk,)``, taps contiguous (``k_stride``: elements between filter rows,
+    0 for a 1-D filter); None for anything else."""
+    shape = x.shape
+    nd = len(shape)
+    if not nd or x.size == 0 or not x.flags.c_contiguous:
+        return None
+    L = shape[-1]
+    H = shape[-2] if nd >= 2 else 1
+    kd = k.ndim
+    if kd == 1:
+        Hk, Lk = 1, k.shape[0]
+        if Lk > 1 and k.strides[0] != k.itemsize:
+            return None
+        stride = 0
+    elif kd == 2:
+        Hk, Lk = k.shape
+        stride = row_stride(k)
+        if stride is None:
+            return None
+    else:
+        return None
+    if (Hk != 1 and Hk != H) or Lk < 1:
+        return None
+    return L, H, Hk, Lk, stride

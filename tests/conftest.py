@@ -55,3 +55,12 @@ def cp():
     import cupy
 
     return cupy
+
+
+@pytest.fixture
+def torch_cuda():
+    """The torch module, for tests that need torch with CUDA (skipped without)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    return torch

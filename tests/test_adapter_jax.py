@@ -528,13 +528,13 @@ def test_gpu_jit_grad_uses_the_fused_backward(rng, jax_gpu, dtype, monkeypatch):
     from longconv import _fused
 
     calls = []
-    real = _fused.FusedPlan.backward
+    real = _fused.FusedPlan.backward_ptrs
 
     def spy(self, *a, **kw):
         calls.append((self.n, self.mode))
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(_fused.FusedPlan, "backward", spy)
+    monkeypatch.setattr(_fused.FusedPlan, "backward_ptrs", spy)
     x, k = _on(jax_gpu, _rand(rng, (3, 4, 1000), dtype), _rand(rng, (4, 1000), dtype))
 
     def loss(x, k):

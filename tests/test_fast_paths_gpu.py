@@ -209,6 +209,48 @@ def test_cupy_convolve_short_path_kernel_len(rng, monkeypatch):
     testing.assert_close(y, testing.reference_convolve(x, k[:, :100]), "float16")
 
 
+@pytest.mark.parametrize("kcase", ["rows apart", "1-D strided", "2-D strided taps"])
+def test_cupy_convolve_first_dispatch_filter_layouts(rng, monkeypatch, kcase):
+    """The adapter's fast entry (tried before any other dispatch) serves filters whose rows
+    are contiguous however far apart, declines strided taps, and both give the oracle."""
+    from longconv import adapters
+
+    x = testing.random_array(rng, (2, 3, 300), "float16", xp=cp)
+    big = cp.asarray(rng.standard_normal((3, 1000)).astype(np.float32))
+    k = {"rows apart": big[:, 100:400], "1-D strided": big[0, ::3][:300],
+         "2-D strided taps": big[:, ::3][:, :300]}[kcase]
+    calls = []
+
+    real = _fused.cupy_convolve
+
+    def spy(*a):
+        calls.append(real(*a))
+        return calls[-1]
+
+    monkeypatch.setattr(_fused, "cupy_convolve", spy)
+    longconv.convolve(x, k)  # the first CuPy call registers the adapter's fast entry
+    assert adapters.FAST_CONVOLVE.get(cp.ndarray) is not None
+    calls.clear()
+    y = longconv.convolve(x, k)
+    served = calls[0] is not None
+    assert served == (kcase == "rows apart")
+    assert y.shape == x.shape and y.dtype == cp.float16
+    ref = _general(monkeypatch, lambda: longconv.convolve(x, k))
+    assert cp.array_equal(y, ref)
+    testing.assert_close(y, testing.reference_convolve(x, k), "float16")
+
+
+def test_cupy_first_dispatch_leaves_errors_to_the_general_path(rng):
+    x = testing.random_array(rng, (2, 3, 256), "float16", xp=cp)
+    k = rng.standard_normal((3, 256)).astype(np.float32)
+    with pytest.raises(TypeError, match="same kind"):
+        longconv.convolve(x, k)  # NumPy filter beside a CuPy input
+    with pytest.raises(ValueError):
+        longconv.convolve(x, cp.asarray(k)[:2])
+    with pytest.raises(TypeError):
+        longconv.convolve(x, cp.asarray(k), causal="yes")
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_longconv_direct_calls(rng, dtype):
     H, L = 4, 1000
@@ -257,11 +299,8 @@ def test_longconv_built_on_one_stream_called_on_another(rng):
 
 
 @pytest.fixture
-def torch():
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("torch without CUDA")
-    return torch
+def torch(torch_cuda):
+    return torch_cuda
 
 
 @pytest.mark.parametrize("tdtype", ["float16", "bfloat16"])
@@ -298,30 +337,96 @@ def test_torch_eager_path_matches_the_custom_operator(torch, rng, tdtype, gated,
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("kcase", ["transposed", "expanded", "leaf requiring grad", "1-D"])
+def test_torch_first_dispatch_filter_layouts(torch, rng, kcase):
+    """torch's fast entry reads the filter where it lies (rows of contiguous taps, any row
+    stride, no detach) or makes it contiguous; each result is the general path's, bit for
+    bit, and the oracle's."""
+    from longconv.adapters import torch as lt
+
+    B, H, L = 2, 4, 500
+    x = torch.randn(B, H, L, device="cuda", dtype=torch.float16)
+    base = torch.randn(H, 300, device="cuda")
+    k = {"transposed": base.t().contiguous().t(),               # strides (1, H)
+         "expanded": base[:1].expand(H, 300),                   # row stride 0
+         "leaf requiring grad": base.clone().requires_grad_(),  # under no_grad below
+         "1-D": base[0]}[kcase]
+    with torch.no_grad():
+        y = longconv.convolve(x, k)
+        real = lt._fast_convolve
+        lt._fast_convolve = lambda *a, **kw: None
+        try:
+            ref = lt._CONVOLVE_OP(x, k, None, None, None, True, None)
+        finally:
+            lt._fast_convolve = real
+    assert y.dtype == torch.float16 and y.shape == x.shape and torch.equal(y, ref)
+    kk = k.detach().cpu().numpy()
+    testing.assert_close(y.cpu().numpy(), testing.reference_convolve(x.cpu().numpy(), kk),
+                         "float16")
+
+
 def test_torch_eager_backward_reuses_the_forward_spectrum(torch, monkeypatch):
     from longconv import _fused
     from longconv.adapters import torch as lt
 
     calls = []
-    real = _fused.FusedPlan.with_spectrum
+    real = _fused.FusedPlan.spectrum_into
 
     def counting(self, *a, **kw):
         calls.append(1)
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(_fused.FusedPlan, "with_spectrum", counting)
+    monkeypatch.setattr(_fused.FusedPlan, "spectrum_into", counting)
     x = torch.randn(2, 4, 200, device="cuda", dtype=torch.float16, requires_grad=True)
     k = torch.randn(4, 200, device="cuda", requires_grad=True)
     dy = torch.randn(2, 4, 200, device="cuda", dtype=torch.float16)
     y = longconv.convolve(x, k)
     assert type(y.grad_fn).__name__.startswith("ConvolveFunction")
+    assert len(calls) == 1  # the forward's spectrum
     g_eager = torch.autograd.grad(y, (x, k), dy)
-    assert calls == []  # the backward took the forward's spectrum
+    assert len(calls) == 1  # the backward took the forward's spectrum
     y2 = lt._CONVOLVE_OP(x, k, None, None, None, True, None)
+    assert len(calls) == 2
     g_op = torch.autograd.grad(y2, (x, k), dy)
-    assert calls == [1]  # the custom operator's backward computes its own
+    assert len(calls) == 3  # the custom operator's backward computes its own
     for a, b in zip(g_eager, g_op, strict=True):
         assert torch.equal(a, b)
+
+
+def test_short_paths_from_a_fresh_thread(torch, rng):
+    """Launches from a thread that has made no CUDA call yet (as torch's autograd threads may
+    be, their allocations served from torch's cache): the launcher binds the device's context."""
+    import threading
+
+    x = torch.randn(2, 3, 256, device="cuda", dtype=torch.float16, requires_grad=True)
+    k = torch.randn(3, 256, device="cuda", requires_grad=True)
+    xc = cp.asarray(testing.random_array(rng, (2, 3, 256), "float32"))
+    kc = cp.asarray(testing.random_array(rng, (3, 256), "float32"))
+    torch.cuda.synchronize()
+    out, errors = {}, []
+
+    def work():
+        try:
+            y = longconv.convolve(x, k)
+            y.float().square().sum().backward()
+            out["torch"] = y.detach()
+            out["cupy"] = longconv.convolve(xc, kc)
+            out["cupy16"] = longconv.convolve(xc.astype(cp.float16), kc)
+            cp.cuda.get_current_stream().synchronize()
+            torch.cuda.synchronize()
+        except Exception as exc:  # reported below, with the thread's traceback lost
+            errors.append(exc)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert not errors, errors
+    ref = testing.reference_convolve(x.detach().cpu().numpy(), k.detach().cpu().numpy())
+    testing.assert_close(out["torch"].cpu().numpy(), ref, "float16")
+    assert torch.isfinite(x.grad).all() and torch.isfinite(k.grad).all()
+    testing.assert_close(out["cupy"], testing.reference_convolve(xc, kc), "float32")
+    testing.assert_close(out["cupy16"], testing.reference_convolve(xc.astype(cp.float16), kc),
+                         "float16")
 
 
 def test_torch_direct_paths_run_on_the_current_stream(torch, rng):

@@ -68,13 +68,13 @@ def test_fused_backward_is_used(monkeypatch):
     from longconv import _fused
 
     calls = []
-    real = _fused.FusedPlan.backward
+    real = _fused.FusedPlan.backward_ptrs
 
     def spy(self, *a, **kw):
         calls.append(self.n)
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(_fused.FusedPlan, "backward", spy)
+    monkeypatch.setattr(_fused.FusedPlan, "backward_ptrs", spy)
     x = torch.randn(2, 3, 512, device="cuda", dtype=torch.float16, requires_grad=True)
     k = torch.randn(3, 512, device="cuda", requires_grad=True)
     longconv.convolve(x, k).float().square().sum().backward()
