@@ -36,25 +36,28 @@ _MODULES = []
 
 
 def fast_convolve(x, k, causal):
-    """``longconv.convolve(x, k, causal)`` with default options on the fused kernels' shortest
-    path for float16 (``longconv._fused.cupy_convolve``); None where it does not serve the
-    call."""
+    """``longconv.convolve(x, k, causal)`` with default options on a shortest path: the fused
+    kernels' for float16 (``longconv._fused.cupy_convolve``), the direct kernel's for small
+    float32/float64 problems (``longconv._direct.cupy_convolve``); None where neither serves
+    the call."""
     if type(k) is not type(x):
         return None
     if not _MODULES:
-        from longconv import _fused
+        from longconv import _direct, _fused
 
-        _MODULES.append(_fused)
+        _MODULES.extend((_fused, _direct))
     c = x.dtype.char
     if c == "e":
         return _MODULES[0].cupy_convolve(x, k, causal, None, None)
+    if c == "f" or c == "d":
+        return _MODULES[1].cupy_convolve(x, k, causal)
     return None
 
 
 def fast_call(plan, x):
-    """A launch straight from ``plan.forward_ptrs`` (a fused plan) for later calls on arrays
-    like ``x`` (same shape, dtype and device, C-contiguous), or None. The callable returns None
-    for other arrays."""
+    """A launch straight from ``plan.forward_ptrs`` (a fused plan, or a cuFFT plan whose
+    problem the direct kernel serves) for later calls on arrays like ``x`` (same shape, dtype
+    and device, C-contiguous), or None. The callable returns None for other arrays."""
     cp = _cupy()
     if x.size == 0 or not hasattr(plan, "serves_ptrs"):
         return None

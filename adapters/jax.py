@@ -422,6 +422,8 @@ def _direct_forward(cfg, device_id, handle, outs, x, k, pre, post, skip):
     if len(x.shape) != nd or nd < 2:
         return False
     io, kdt = _dtype_names(x, k)
+    if precision is None and kdt == io and io in ("float32", "float64"):
+        return _direct_small(cfg, device_id, handle, outs, x, k, pre, post, skip)
     if io not in _IO or kdt not in _KDT or precision in ("single", "double") or (
             io == "float32" and precision != "half"):
         return False
@@ -454,6 +456,38 @@ def _direct_forward(cfg, device_id, handle, outs, x, k, pre, post, skip):
         kspec, scale = shell.spectrum_into(ins[1], kdt, Lk, buf.ptr, handle)
         shell.forward_ptrs(ins[0], ins[2], ins[3], ins[4], out, B, H, handle, kspec=kspec,
                            scale=scale)
+    return True
+
+
+def _direct_small(cfg, device_id, handle, outs, x, k, pre, post, skip):
+    """:func:`_direct_forward` for small float32/float64 problems: one launch of the direct
+    kernel (``longconv._direct``) on XLA's buffers, gates of x's shape and dtype and skip of
+    shape (H,) read where they lie; False where it does not serve the call."""
+    causal, _, kernel_len, _ = cfg
+    io = _dtype_names(x)[0]
+    H, L = int(x.shape[-2]), int(x.shape[-1])
+    for g in (pre, post):
+        if g is not None and (tuple(g.shape) != tuple(x.shape) or _dtype_names(g)[0] != io):
+            return False
+    if skip is not None and (tuple(skip.shape) != (H,) or _dtype_names(skip)[0] != io):
+        return False
+    B = math.prod(int(v) for v in x.shape[:-2])
+    Hk, Lk = (int(v) for v in k.shape)
+    m = Lk if kernel_len is None else min(Lk, kernel_len)
+    taps = min(m, L) if causal else m
+    from longconv import _direct
+
+    if B * H * L == 0 or not _direct.serves(io, B * H, L, taps):
+        return False
+    import cupy
+
+    ptr = [0 if a is None else _buffer_pointer(a) for a in (x, k, pre, post, skip, outs[0])]
+    if _probe is not None:
+        _probe({"inputs": [p for p in ptr[:5] if p], "outputs": [ptr[5]], "stream": handle,
+                "current_stream": handle, "device": device_id})
+    with _on_device(cupy, device_id):
+        _direct.launch(cupy, io, ptr[0], ptr[1], Lk if Hk > 1 else 0, *ptr[2:], B, H, L, L,
+                       0 if causal else (m - 1) // 2, taps, 0, handle)
     return True
 
 
@@ -501,9 +535,10 @@ def _direct_backward(cfg, device_id, handle, outs, g, u, k):
 
 
 def _eager_direct(x, k, causal, precision, kernel_len):
-    """An eager call on concrete float16 GPU arrays (float32 with ``precision="half"``) through
-    the fused kernels' shortest path (``longconv._fused.cupy_convolve``) on DLPack views, or
-    None where that path does not serve it."""
+    """An eager call on concrete GPU arrays through a shortest path on DLPack views: the fused
+    kernels' (``longconv._fused.cupy_convolve``: float16, float32 with ``precision="half"``)
+    or the direct kernel's (``longconv._direct.cupy_convolve``: small float32/float64
+    problems); None where neither serves it."""
     jax = _jax()
     if not (isinstance(x, jax.Array) and isinstance(k, jax.Array)):
         return None
@@ -521,6 +556,10 @@ def _eager_direct(x, k, causal, precision, kernel_len):
     xa, ka = cupy.from_dlpack(x), cupy.from_dlpack(k)
     with cupy.cuda.Device(xa.device.id):
         y = _fused.cupy_convolve(xa, ka, causal, precision, kernel_len)
+        if y is None and precision is None and kernel_len is None:
+            from longconv import _direct
+
+            y = _direct.cupy_convolve(xa, ka, causal)
     return None if y is None else from_backend(y, None, x)
 
 

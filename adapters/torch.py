@@ -406,8 +406,45 @@ def _fast_lane(x, k, causal, pregate, postgate, skip):
     if torch.cuda.is_current_stream_capturing():
         return None
     y = _fast_convolve(x, k, pregate, postgate, skip, causal, None)
+    if y is None and pregate is None and postgate is None and skip is None:
+        y = _direct_convolve(x, k, causal)
     if y is not None:
         _remember_eager_call(_call_key(x, k, pregate, postgate, skip, causal, None, None))
+    return y
+
+
+def _direct_convolve(x, k, causal):
+    """Small float32/float64 problems of CUDA tensors on the direct kernel
+    (``longconv._direct``): one launch on torch's current stream into torch-allocated memory,
+    or None where it does not serve the call."""
+    torch = _torch()
+    name = {torch.float32: "float32", torch.float64: "float64"}.get(x.dtype)
+    if name is None or type(x) is not torch.Tensor or type(k) is not torch.Tensor \
+            or k.dtype != x.dtype or x.ndim < 1 or x.numel() == 0 or k.ndim not in (1, 2):
+        return None
+    L = x.shape[-1]
+    H = x.shape[-2] if x.ndim >= 2 else 1
+    Hk, Lk = (1, k.shape[0]) if k.ndim == 1 else k.shape
+    dev = x.get_device()
+    if (Hk != 1 and Hk != H) or Lk < 1 or k.get_device() != dev:
+        return None
+    from longconv import _direct
+
+    taps = min(Lk, L) if causal else Lk
+    rows = x.numel() // L
+    if not _direct.serves(name, rows, L, taps):
+        return None
+    cupy = _modules()[1]
+    if cupy.cuda.runtime.getDevice() != dev:
+        return None
+    if k.stride(-1) != 1 and Lk > 1:
+        k = k.detach().contiguous()
+    if not x.is_contiguous():
+        x = x.detach().contiguous()
+    y = torch.empty_like(x)
+    _direct.launch(cupy, name, x.data_ptr(), k.data_ptr(), k.stride(0) if Hk > 1 else 0, 0, 0,
+                   0, y.data_ptr(), rows // H, H, L, L, 0 if causal else (Lk - 1) // 2, taps, 0,
+                   _raw_stream()(dev))
     return y
 
 

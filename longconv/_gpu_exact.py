@@ -9,6 +9,8 @@ any FFT: CuPy's FFT would silently turn bfloat16 into float64, so it never sees 
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import _validate
 from ._arrays import bf16_to_float32, float32_to_bf16, gpu_memory
 from ._cpu import compute_dtypes, fold, keep_bins, output_window
@@ -87,13 +89,57 @@ class CupyConvPlan:
         bins = self.n if self.is_complex else self.n // 2 + 1
         _validate.check_fits_in_memory((self.H, bins), cp.dtype(self.cdtype).itemsize,
                                        "the filter spectrum", gpu_memory(), "GPU")
-        if self.is_complex:
-            K = cp.fft.fft(k, self.n, axis=-1)
-        else:
-            K = cp.fft.rfft(k, self.n, axis=-1)
-        if self.freq_keep is not None:
-            K[:, keep_bins(self.freq_keep, self.n):] = 0
-        self._K = K
+        self._kt = k
+        self._K = None  # the spectrum, computed by the first call that needs it
+        # small real problems in the data's precision take the direct kernel (_direct), which
+        # reads these filters: rows of taps, contiguous, in the I/O dtype
+        self._direct_name = None
+        if (not self.is_complex and self.freq_keep is None
+                and self.io_dtype == np.dtype(self.rdtype).name):
+            from . import _direct
+
+            if self.io_dtype in _direct.ENTRY:
+                self._direct_name = self.io_dtype
+                self._kt = cp.ascontiguousarray(k)
+        #: device of the plan's arrays (the direct launches' check, as FusedPlan.device)
+        self.device = self._kt.data.device_id
+
+    def _spectrum(self):
+        K = self._K
+        if K is None:
+            cp = _cupy()
+            k = self._kt
+            if self.is_complex:
+                K = cp.fft.fft(k, self.n, axis=-1)
+            else:
+                K = cp.fft.rfft(k, self.n, axis=-1)
+            if self.freq_keep is not None:
+                K[:, keep_bins(self.freq_keep, self.n):] = 0
+            self._K = K
+        return K
+
+    def serves_ptrs(self, B, H):
+        """Whether :meth:`forward_ptrs` serves ungated calls on (B, H, L) inputs (the direct
+        kernel for small real problems in float32/float64)."""
+        return self._direct_name is not None and self._direct_serves(B * H)
+
+    def _direct_serves(self, rows):
+        from . import _direct
+
+        return rows > 0 and self.L_out > 0 and _direct.serves(self._direct_name, rows,
+                                                                self.L_out, self.Lk)
+
+    def forward_ptrs(self, x, pregate, postgate, skip, y, B, H, stream):
+        """One launch of the direct kernel on device addresses (0: absent) on the stream handle
+        ``stream``: ``x``, ``pregate`` (B, H, L), ``y``, ``postgate`` (B, H, L_out) C-contiguous
+        and ``skip`` (H,), all in the plan's I/O dtype; only where :meth:`serves_ptrs` says so.
+        Nothing is checked: the callers validate."""
+        from . import _direct
+
+        _direct.launch(_cupy(), self._direct_name, x, self._kt.data.ptr,
+                       self.Lk if self.H > 1 else 0, pregate, postgate, skip, y, B, H, self.L,
+                       self.L_out, self.start, self.Lk, self.L if self.mode == "circular" else 0,
+                       stream)
 
     def update(self, k):
         """Recompute the cached filter spectrum for new filters of the same shape."""
@@ -121,6 +167,18 @@ class CupyConvPlan:
         _validate.check_fits_in_memory((B, H, self.L_out), cp.dtype(out_dt).itemsize,
                                        "the output", gpu_memory(), "GPU")
         out = cp.empty((B, H, self.L_out), dtype=out_dt)
+        if (self._direct_name is not None and x.dtype == self._direct_name
+                and self._direct_serves(B * H)
+                and all(g is None or g.dtype == x.dtype for g in (pregate, postgate))):
+            if skip is not None:
+                skip = cp.broadcast_to(cp.asarray(skip).reshape(-1).astype(x.dtype), (H,))
+            # contiguous operands (copies live until the launch is queued: CuPy's pool orders
+            # their reuse after it on this stream)
+            ops = [None if a is None else cp.ascontiguousarray(a)
+                   for a in (x, pregate, postgate, skip)]
+            self.forward_ptrs(*(0 if a is None else a.data.ptr for a in ops), out.data.ptr, B,
+                              H, cp.cuda.get_current_stream().ptr)
+            return out
         if skip is not None:
             skip = cp.broadcast_to(cp.asarray(skip).reshape(-1), (H,))[:, None]
         per_row = (self.n + 2) * cp.dtype(self.rdtype).itemsize * (4 if self.is_complex else 2)
@@ -135,7 +193,7 @@ class CupyConvPlan:
             xc = xin.astype(cdt, copy=False)
             if pregate is not None:
                 xc = xc * _widen(pregate[idx], bf16, cp)
-            y = self._transform(xc, self._K)
+            y = self._transform(xc, self._spectrum())
             if postgate is not None:
                 y = y * _widen(postgate[idx], bf16, cp)
             if skip is not None:

@@ -41,6 +41,12 @@ def fused_key(arch: str = "") -> KernelKey:
     return KernelKey("fused_conv", FUSED_MAX_N, "fp16", arch=arch)
 
 
+def direct_key(arch: str = "") -> KernelKey:
+    """Key of the direct (time-domain) convolution module, ``cuda_src/direct_conv.cu``: one
+    entry point per dtype (float32, float64); every size is a run-time argument."""
+    return KernelKey("direct_conv", 1, "fp32", arch=arch)
+
+
 def all_specializations() -> list[KernelKey]:
     """Keys of every shipped specialisation, without an architecture."""
-    return [fused_key()]
+    return [fused_key(), direct_key()]

@@ -483,8 +483,9 @@ class LongConv:
             skip = xp.ascontiguousarray(xp.broadcast_to(skip, (H,)))
         y = plan(x3, gates.get("pregate"), gates.get("postgate"), skip)
         y = y.reshape(shape)
-        if not extra and plan.backend == "fused" and device == data_device:
-            # later calls with an array like this one take the adapter's direct launch
+        if not extra and device == data_device and hasattr(plan, "serves_ptrs"):
+            # later calls with an array like this one take the adapter's direct launch (fused
+            # plans, and cuFFT plans of problems the direct kernel serves: fast_call asks)
             make = getattr(ad, "fast_call", None)
             call = make(plan, x) if make is not None else None
             self._fast = None if call is None else (type(x), call)

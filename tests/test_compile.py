@@ -409,6 +409,7 @@ def test_pack_params_rejects_bad_values():
 def test_shipped_params_struct_matches_its_dtype():
     """Hook: the fused kernels' ConvParams against longconv._fused.PARAMS_FIELDS."""
     fused = pytest.importorskip("longconv._fused")
+    direct = pytest.importorskip("longconv._direct")
     fields = getattr(fused, "PARAMS_FIELDS", None)
     if fields is None:
         pytest.skip("longconv._fused.PARAMS_FIELDS not defined yet")
@@ -421,14 +422,18 @@ def test_shipped_params_struct_matches_its_dtype():
                         lc.params_dtype(fused.KSPEC_PARAMS_FIELDS), arch=arch)
         lc.check_layout(lc.load_source("kspec.cuh"), "DkParams",
                         lc.params_dtype(fused.DK_PARAMS_FIELDS), arch=arch)
+        lc.check_layout(lc.load_source("direct_conv"), "DirectParams",
+                        lc.params_dtype(direct.DIRECT_PARAMS_FIELDS), arch=arch)
 
 
-@pytest.mark.parametrize("fields", ["conv", "bwd", "kspec", "dk", "padded"])
+@pytest.mark.parametrize("fields", ["conv", "bwd", "kspec", "dk", "direct", "padded"])
 def test_struct_for_packs_what_numpy_lays_out(fields):
     """The launch path's struct packer writes the bytes of the structured NumPy array."""
     fused = pytest.importorskip("longconv._fused")
+    direct = pytest.importorskip("longconv._direct")
     fields = {"conv": fused.PARAMS_FIELDS, "bwd": fused.BWD_PARAMS_FIELDS,
               "kspec": fused.KSPEC_PARAMS_FIELDS, "dk": fused.DK_PARAMS_FIELDS,
+              "direct": direct.DIRECT_PARAMS_FIELDS,
               "padded": [("a", "i32"), ("p", "ptr"), ("f", "f32"), ("u", "u32"),
                          ("d", "f64"), ("b", "i32")]}[fields]
     dt = lc.params_dtype(fields)

@@ -1,0 +1,106 @@
+"""Direct (time-domain) convolution of small float32/float64 problems on the GPU.
+
+One launch of ``lc_direct_conv_f32`` / ``_f64`` (``cuda_src/direct_conv.cu``) sums the products
+of each output in the data's precision: no filter spectrum, no padded buffers, none of cuFFT's
+five or more launches. It serves calls whose work ``rows * Lout * taps`` is at most
+:data:`DIRECT_MAX_WORK`, where a call's cost is its host time; larger problems take cuFFT
+(:mod:`longconv._gpu_exact`), which calls into this module for the small ones.
+"""
+
+from __future__ import annotations
+
+from . import _compile
+from ._kernels import direct_key
+
+#: Mirror of ``struct DirectParams`` in ``cuda_src/direct_conv.cu`` (same order).
+DIRECT_PARAMS_FIELDS = (
+    ("x", "ptr"), ("k", "ptr"), ("pregate", "ptr"), ("postgate", "ptr"), ("skip", "ptr"),
+    ("y", "ptr"), ("rows", "i64"), ("H", "i64"), ("L", "i64"), ("Lout", "i64"),
+    ("start", "i64"), ("taps", "i64"), ("k_stride", "i64"), ("wrap", "i64"), ("tiles", "i64"),
+)
+DIRECT_PARAMS_DTYPE = _compile.params_dtype(DIRECT_PARAMS_FIELDS)
+#: Outputs per block (``LC_DIRECT_TILE``), one a thread.
+TILE = 256
+#: Entry points by I/O dtype (the sums run in that precision).
+ENTRY = {"float32": "lc_direct_conv_f32", "float64": "lc_direct_conv_f64"}
+# Work bound (multiply-adds of a call) of the direct kernel, by dtype. Its inner loop reads
+# shared memory for every multiply-add (the taps broadcast, the inputs in a row), about 25 of them
+# a clock per SM: 2^26 float32 terms take ~10 us of an H100, as much GPU time as cuFFT's route
+# spends on such a problem (rfft, product, irfft, copies: ~7 passes over the padded rows) while
+# that route costs ~190 us of host time against ~15. float64 runs at about half the rate.
+DIRECT_MAX_WORK = {"float32": 1 << 26, "float64": 1 << 25}
+#: Blocks resident per SM (256 threads, 9 / 18 KB of static shared memory): the grid's bound.
+_BLOCKS_PER_SM = 8
+#: dtype code (``dtype.char``) -> I/O dtype name.
+_NAME_BY_CHAR = {"f": "float32", "d": "float64"}
+
+
+_LAUNCHERS = {}
+
+
+def _launcher(cupy, name):
+    dev = cupy.cuda.runtime.getDevice()
+    launch = _LAUNCHERS.get((dev, name))
+    if launch is None:
+        kernel = _compile.get_kernel(direct_key(), ENTRY[name])
+        launch = _compile.Launcher(kernel, DIRECT_PARAMS_DTYPE, TILE)
+        _LAUNCHERS[(dev, name)] = launch
+    return launch
+
+
+def serves(name, rows, Lout, taps) -> bool:
+    """Whether the direct kernel serves ``rows`` rows of ``Lout`` outputs of ``taps`` taps in
+    the I/O dtype ``name``."""
+    bound = DIRECT_MAX_WORK.get(name)
+    return bound is not None and rows * Lout * taps <= bound
+
+
+def launch(cupy, name, x, k, k_stride, pregate, postgate, skip, y, B, H, L, Lout, start, taps,
+           wrap, stream):
+    """One launch on device addresses (0: absent) on the stream handle ``stream``: ``x`` and
+    ``pregate`` (B, H, L), ``y`` and ``postgate`` (B, H, Lout) C-contiguous, ``skip`` (H,),
+    filters rows of ``taps`` contiguous taps ``k_stride`` elements apart (0: one filter), all in
+    the dtype ``name``. ``start``: full-convolution index of output 0; ``wrap``: L for a
+    circular convolution (the filter folded to at most L taps), else 0. Nothing is checked."""
+    rows = B * H
+    tiles = -(-Lout // TILE)
+    info = _compile.device_info()
+    grid = int(min(rows * tiles, info.sm_count * _BLOCKS_PER_SM))
+    _launcher(cupy, name)(grid, 0, stream, (
+        x, k, pregate, postgate, skip, y, rows, H, L, Lout, start, taps, k_stride, wrap, tiles))
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+def cupy_convolve(x, k, causal):
+    """``longconv.convolve(x, k, causal)`` with default options for float32/float64 CuPy
+    arrays on the direct kernel, or None where it does not serve the call (other dtypes,
+    layouts or devices, too much work): the general path then runs."""
+    name = _NAME_BY_CHAR.get(x.dtype.char)
+    if name is None or k.dtype != x.dtype:
+        return None
+    from ._fused import call_layout
+
+    layout = call_layout(x, k)
+    if layout is None:
+        return None
+    L, H, Hk, Lk, stride = layout
+    taps = min(Lk, L) if causal else Lk
+    rows = x.size // L
+    if not serves(name, rows, L, taps):
+        return None
+    cupy = _cupy()
+    dev = cupy.cuda.runtime.getDevice()
+    if x.data.device_id != dev or k.data.device_id != dev:
+        return None
+    y = cupy.empty(x.shape, dtype=x.dtype)
+    # one filter: every channel reads row 0
+    launch(cupy, name, x.data.ptr, k.data.ptr, stride if Hk > 1 else 0, 0, 0, 0, y.data.ptr,
+           rows // H, H, L, L, 0 if causal else (Lk - 1) // 2, taps, 0,
+           cupy.cuda.get_current_stream().ptr)
+    return y
+
