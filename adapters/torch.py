@@ -322,10 +322,17 @@ def _run_convolve(x, k, causal, pregate, postgate, skip, precision, freq_keep, k
         return _as_backend(t)[0]
 
     key = _call_key(x, k, pregate, postgate, skip, causal, precision, freq_keep)
-    if freq_keep is None and x.is_cuda and not torch.cuda.is_current_stream_capturing():
+    if freq_keep is None and x.is_cuda:
+        # Under capture the fused path runs as it ran in the warm-up call: its shell, tables and
+        # torch's cuFFT plans (filters too long for the direct spectrum kernel) exist, and its
+        # scratch comes from torch's allocator (the graph's pool).
+        capturing = torch.cuda.is_current_stream_capturing()
+        if capturing:
+            _refuse_cold_capture(key, "longconv.convolve", x, k)
         y = _fast_convolve(x, k, pregate, postgate, skip, causal, precision, keep)
         if y is not None:
-            _remember_eager_call(key)
+            if not capturing:
+                _remember_eager_call(key)
             return y
     with _on_torch_stream(x) as capturing:
         if capturing:
@@ -478,10 +485,9 @@ def _fast_convolve(x, k, pregate, postgate, skip, causal, precision, keep=None):
         return None
     if _modules()[1].cuda.runtime.getDevice() != dev:
         return None
-    ptrs = []
-    for g in (pregate, postgate):
+    ptrs = [None, None]  # the pregate and postgate read by the kernel
+    for i, g in enumerate((pregate, postgate)):
         if g is None:
-            ptrs.append(0)
             continue
         if type(g) is not torch.Tensor or g.dtype != dt or g.get_device() != dev:
             return None
@@ -492,36 +498,53 @@ def _fast_convolve(x, k, pregate, postgate, skip, causal, precision, keep=None):
             except RuntimeError:
                 return None
             g = g.expand(shape)
-        g = g.detach().contiguous()
-        ptrs.append(g)
+        ptrs[i] = g.detach().contiguous()
     if skip is not None:
         if (type(skip) is not torch.Tensor or skip.ndim > 1 or skip.numel() not in (1, H)
                 or skip.get_device() != dev or skip.is_complex()):
             return None
         skip = skip.detach().float().reshape(-1).expand(H).contiguous()
-    shell = _fused.shell_for(Hk, k.shape[-1], L, "causal" if causal else "same", io)
+    shell = _fused.shell_for(Hk, k.shape[-1], L, "causal" if causal else "same", io,
+                             direct=False)
     if shell is None:
         return None
-    kdt = k_names.get(k.dtype)
-    if kdt is None:
-        k, kdt = k.detach().float(), "float32"
-    # the spectrum kernel reads rows of contiguous taps ``k_stride`` apart (data_ptr needs no
-    # detach: nothing here records gradients)
-    if k.stride(-1) != 1 and k.shape[-1] > 1:
-        k = k.detach().contiguous()
-    k_stride = k.stride(0) if Hk > 1 else 0
     if not x.is_contiguous():
         x = x.detach().contiguous()
     stream = _raw_stream()(dev)
     buf = torch.empty(shell.spectrum_bytes, dtype=torch.uint8, device=x.device)
     y = torch.empty_like(x)
-    kspec, scale = shell.spectrum_into(k.data_ptr(), kdt, k_stride, buf.data_ptr(), stream)
-    shell.forward_ptrs(x.data_ptr(), *(g if isinstance(g, int) else g.data_ptr() for g in ptrs),
+    kspec, scale = _spectrum(shell, k, Hk, buf, stream)
+    pre, post = ptrs
+    shell.forward_ptrs(x.data_ptr(), 0 if pre is None else pre.data_ptr(),
+                       0 if post is None else post.data_ptr(),
                        0 if skip is None else skip.data_ptr(), y.data_ptr(),
                        x.numel() // (H * L), H, stream, kspec=kspec, scale=scale)
     if keep is not None and shell.backward_supported:
         keep["spectrum"] = (shell, buf, kspec, scale, stream)
     return y
+
+
+def _spectrum(shell, k, Hk, buf, stream):
+    """The filters' spectrum for ``shell`` into the torch buffer ``buf`` on the stream handle
+    ``stream`` (torch's current): the direct kernel reads the tensor where it lies (rows of
+    contiguous taps); filters too long for it are transformed by torch's float64 rfft (cuFFT,
+    as the plans' own update does through CuPy) and gathered by our kernels. Returns
+    ``(spectrum, multiplier)`` addresses."""
+    torch = _torch()
+    if shell.direct_spectrum:
+        kdt = _io_names()[1].get(k.dtype)
+        if kdt is None:
+            k, kdt = k.detach().float(), "float32"
+        # data_ptr needs no detach: nothing here records gradients
+        if k.stride(-1) != 1 and k.shape[-1] > 1:
+            k = k.detach().contiguous()
+        return shell.spectrum_into(k.data_ptr(), kdt, k.stride(0) if Hk > 1 else 0,
+                                   buf.data_ptr(), stream)
+    taps = k.detach().reshape(Hk, k.shape[-1])[:, :shell.spectrum_taps]
+    # the transform's output lives until the gather launch is queued: torch's allocator
+    # orders its reuse after it on this stream
+    rspec = torch.fft.rfft(taps.double(), n=shell.n)
+    return shell.gather_spectrum_into(rspec.data_ptr(), buf.data_ptr(), stream)
 
 
 def _is_cuda_error(exc):
@@ -679,8 +702,8 @@ def _direct_backward(x, k, dy, pregate, postgate, skip, need, spectrum, B, H, L,
     """:func:`_fused_backward` without CuPy arrays, stream contexts or copies: the launches on
     torch's current stream on the tensors' addresses, every result written into memory from
     torch's allocator (dk included), the forward's spectrum reused when it was made on this
-    stream. Serves gates of x's full shape and problems whose dk takes the direct inverse sum
-    (:meth:`FusedPlan.dk_direct`); returns None for the rest (the general route then runs)."""
+    stream. Serves every size of the fused backward with gates of x's full shape; returns None
+    for the rest (broadcast gates: the general route then runs)."""
     torch = _torch()
     _fused, cupy = _modules()
     for g in (pregate, postgate):
@@ -694,7 +717,7 @@ def _direct_backward(x, k, dy, pregate, postgate, skip, need, spectrum, B, H, L,
     if spectrum is not None and spectrum[4] == stream:
         shell, _, kspec, scale, _ = spectrum
     else:
-        shell = _fused.shell_for(Hk, Lk, L, mode, io)
+        shell = _fused.shell_for(Hk, Lk, L, mode, io, direct=False)
         kspec = None
     if shell is None or not shell.backward_supported:
         return None
@@ -702,20 +725,13 @@ def _direct_backward(x, k, dy, pregate, postgate, skip, need, spectrum, B, H, L,
     need_pre = need_pre and pregate is not None
     need_post = need_post and postgate is not None
     want_g = need_x or need_pre
-    if (need_k and not shell.dk_direct(H)) or not (want_g or need_k or need_post):
+    if not (want_g or need_k or need_post):
         return None
     want = ("u" if need_post else "") + ("g" if want_g else "") or "k"
     spec_buf = None
     if kspec is None:
-        kk = k.detach()
-        kdt = _io_names()[1].get(kk.dtype)
-        if kdt is None:
-            kk, kdt = kk.float(), "float32"
-        if kk.stride(-1) != 1 and Lk > 1:
-            kk = kk.contiguous()
         spec_buf = torch.empty(shell.spectrum_bytes, dtype=torch.uint8, device=x.device)
-        kspec, scale = shell.spectrum_into(kk.data_ptr(), kdt, kk.stride(0) if Hk > 1 else 0,
-                                           spec_buf.data_ptr(), stream)
+        kspec, scale = _spectrum(shell, k, Hk, spec_buf, stream)
 
     def contiguous(t):
         return None if t is None else (t if t.is_contiguous() else t.contiguous())
@@ -744,8 +760,23 @@ def _direct_backward(x, k, dy, pregate, postgate, skip, need, spectrum, B, H, L,
         if Hk == 1 and H > 1:
             # one filter for every channel: its gradient is linear in the partial spectra
             dks, rows = dks.view(H, -1).sum(0), 1
-        dk = torch.empty((Hk, Lk), dtype=torch.float32, device=x.device)
-        shell.dk_into(dks.data_ptr(), rows, S, dk.data_ptr(), stream)
+        if shell.dk_direct(H):
+            dk = torch.empty((Hk, Lk), dtype=torch.float32, device=x.device)
+            shell.dk_into(dks.data_ptr(), rows, S, dk.data_ptr(), stream)
+        else:
+            # many long filters: the Hermitian half spectrum, then torch's inverse real FFT
+            # unnormalised (cuFFT, as FusedPlan.backward does through CuPy)
+            N = shell.n
+            half = torch.empty((rows, N // 2 + 1), dtype=torch.complex64, device=x.device)
+            shell.dk_gather_into(dks.data_ptr(), rows, S, half.data_ptr(), stream)
+            corr = torch.fft.irfft(half, n=N, norm="forward")
+            m = shell.dk_taps()
+            if m == Lk:
+                dk = corr[:, :Lk]
+            else:
+                # taps past the output window never meet the input
+                dk = corr.new_zeros((rows, Lk))
+                dk[:, :m] = corr[:, :m]
         dk = dk.reshape(k.shape).to(k.dtype)
     if need_skip and skip is not None:
         per_h = (dy.float() * x.float()).reshape(B, H, L).sum(dim=(0, 2))

@@ -445,6 +445,20 @@ class FusedPlan:
         :meth:`forward_ptrs`."""
         return self._spectrum_launches(_DFT_KERNEL[k_dtype], k, 0, k_stride, buf, stream)
 
+    def gather_spectrum_into(self, rspec, buf, stream):
+        """Launch the gather (and finalize) kernels on the float64 rfft at device address
+        ``rspec`` (complex128, ``(Hk, N/2 + 1)`` C-contiguous: the first :attr:`spectrum_taps`
+        taps of each filter transformed at ``N``; the modes of ``convolve`` only, no circular
+        fold) into the buffer at ``buf`` (:attr:`spectrum_bytes`) on the stream handle
+        ``stream``. Returns ``(spectrum, multiplier)`` addresses for :meth:`forward_ptrs`."""
+        return self._spectrum_launches("lc_kspec_gather", 0, rspec, 0, buf, stream)
+
+    @property
+    def spectrum_taps(self):
+        """Taps of each filter that reach the spectrum (a causal output never meets taps past
+        L)."""
+        return self._taps
+
     def _spectrum_launches(self, entry, k, rspec, k_stride, buf, stream):
         """The direct (``k``) or gather (``rspec``) launch, then the finalize launch unless one
         block also scaled: ``(spectrum, multiplier)`` addresses in ``buf``."""
@@ -671,6 +685,10 @@ class FusedPlan:
 
     # ------------------------------------------------------------------ backward
 
+    def dk_taps(self):
+        """Taps of dk the backward computes (the rest of the ``Lk`` are zero)."""
+        return self._dk_taps(0)
+
     def _dk_taps(self, H):
         """Taps of dk the backward computes (the rest of the ``Lk`` are zero)."""
         if self.mode == "circular":
@@ -692,16 +710,13 @@ class FusedPlan:
             # one filter for every channel: its gradient is linear in the partial spectra
             dks = dks.reshape(H, S * N).sum(axis=0)
             H = 1
-        fpos = _frag_inverse(cupy, N).data.ptr
-        circular = int(self.mode == "circular")
+        circular = self.mode == "circular"
         if H * N * m <= DK_DIRECT_MAX_WORK:
             dk = cupy.empty((H, Lk), dtype=cupy.float32)
             self.dk_into(dks.data.ptr, H, S, dk.data.ptr, stream)
             return dk
         half = cupy.empty((H, N // 2 + 1), dtype=cupy.complex64)
-        launch = self._launcher("lc_dk_gather", DK_PARAMS_DTYPE, KSPEC_THREADS)
-        launch(min(H, KSPEC_MAX_BLOCKS * 4), 8 * N, stream, (
-            dks.data.ptr, fpos, self._wtn_ptr, 0, half.data.ptr, H, Lk, m, S, N, circular, 1))
+        self.dk_gather_into(dks.data.ptr, H, S, half.data.ptr, stream)
         # norm="forward": the unscaled sum over the Hermitian extension of the half spectrum;
         # cuFFT's C2R overwrites its input, which is scratch here (no copy of it)
         import cupyx.scipy.fft
@@ -887,6 +902,17 @@ class FusedPlan:
             self._prescale, int(vec_in), int(vec_out), slots, 1.0))
         return splits * slots
 
+    def dk_gather_into(self, dks, H, S, half, stream):
+        """dk's Hermitian half spectrum (complex64 ``(H, N/2 + 1)`` at address ``half``) from
+        the partial spectra at ``dks`` (``H`` channels, ``S`` partials each) in one launch on
+        the stream handle ``stream``: its inverse real FFT unnormalised ("forward" norm) is the
+        correlation whose first taps are dk (:meth:`backward` does it with cuFFT)."""
+        N = self.n
+        launch = self._launcher("lc_dk_gather", DK_PARAMS_DTYPE, KSPEC_THREADS)
+        launch(min(H, KSPEC_MAX_BLOCKS * 4), 8 * N, stream, (
+            dks, _frag_inverse(_cupy(), N).data.ptr, self._wtn_ptr, 0, half, H, self.Lk,
+            self._dk_taps(H), S, N, int(self.mode == "circular"), 1))
+
     def dk_direct(self, H):
         """Whether :meth:`dk_into` serves the dk of a backward over ``H`` channels (the direct
         inverse sum, one launch, no scratch; with one filter for every channel, once the
@@ -943,28 +969,29 @@ def make_plan(k, L, *, mode, io_dtype, n=None, freq_keep=None, kernel_len=None, 
 _SHELLS = {}
 
 
-def shell_for(Hk, Lk, L, mode, io_dtype):
-    """A cached :meth:`FusedPlan.shell` on the current device that computes its spectra with
-    the direct kernel, or None when the fused kernels or that kernel do not serve the problem
-    (the callers then build a full plan). Shells hold no per-call state, so threads share them.
+def shell_for(Hk, Lk, L, mode, io_dtype, *, direct=True):
+    """A cached :meth:`FusedPlan.shell` on the current device, or None when the fused kernels
+    do not serve the problem (the callers then build a full plan). With ``direct`` (default)
+    only shells that compute their spectra with the direct kernel (:meth:`spectrum_into`);
+    else also those whose spectra come from a float64 rfft the caller computes
+    (:meth:`gather_spectrum_into`). Shells hold no per-call state, so threads share them.
     """
     cupy = _cupy()
     if cupy is None:
         return None
     key = (cupy.cuda.runtime.getDevice(), Hk, Lk, L, mode, io_dtype)
     try:
-        return _SHELLS[key]
+        shell = _SHELLS[key]
     except KeyError:
-        pass
-    try:
-        shell = FusedPlan.shell(Hk, Lk, L, mode=mode, io_dtype=io_dtype)
-    except NotImplementedError:
-        shell = None
-    if shell is not None and not shell.direct_spectrum:
-        shell = None
-    if len(_SHELLS) >= 1024:
-        _SHELLS.clear()
-    _SHELLS[key] = shell
+        try:
+            shell = FusedPlan.shell(Hk, Lk, L, mode=mode, io_dtype=io_dtype)
+        except NotImplementedError:
+            shell = None
+        if len(_SHELLS) >= 1024:
+            _SHELLS.clear()
+        _SHELLS[key] = shell
+    if shell is not None and direct and not shell.direct_spectrum:
+        return None
     return shell
 
 

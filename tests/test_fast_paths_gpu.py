@@ -393,6 +393,45 @@ def test_torch_eager_backward_reuses_the_forward_spectrum(torch, monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_torch_long_filters_take_the_gathered_spectrum(torch, monkeypatch, causal):
+    """Filters too long for the direct spectrum kernel: torch's float64 rfft and our gather in
+    the forward, reused by the backward, whose dk comes from the gathered half spectrum and
+    torch's inverse FFT; against the oracle and against the general route (CuPy's FFTs)."""
+    from longconv import _fused
+    from longconv.adapters import torch as lt
+
+    B, H, L = 2, 8, 2048  # 2048 taps x 2049 bins x 8 filters: above KSPEC_DFT_MAX_WORK
+    x = torch.randn(B, H, L, device="cuda", dtype=torch.float16)
+    k = torch.randn(H, L, device="cuda")
+    dy = torch.randn(B, H, L, device="cuda", dtype=torch.float16)
+    calls = []
+    real = _fused.FusedPlan.gather_spectrum_into
+
+    def counting(self, *a, **kw):
+        calls.append(self.n)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(_fused.FusedPlan, "gather_spectrum_into", counting)
+    with torch.no_grad():
+        y = longconv.convolve(x, k, causal)
+    assert calls == [4096]
+    ref = testing.reference_convolve(x.cpu().numpy(), k.cpu().numpy(), causal=causal)
+    testing.assert_close(y.cpu().numpy(), ref, "float16")
+    leaves = [t.clone().requires_grad_() for t in (x, k)]
+    y = longconv.convolve(*leaves, causal)
+    gx, gk = torch.autograd.grad(y, leaves, dy)
+    assert calls == [4096, 4096]  # the backward reused the forward's spectrum
+    # the general route: CuPy's float64 rfft in a plan, CuPy's inverse FFT for dk
+    monkeypatch.setattr(lt, "_direct_backward", lambda *a, **kw: None)
+    leaves2 = [t.clone().requires_grad_() for t in (x, k)]
+    y2 = lt._CONVOLVE_OP(*leaves2, None, None, None, causal, None)
+    gx2, gk2 = torch.autograd.grad(y2, leaves2, dy)
+    testing.assert_close(gx.float().cpu().numpy(), gx2.float().cpu().numpy(), rtol=1e-3)
+    testing.assert_close(gk.cpu().numpy(), gk2.cpu().numpy(), rtol=1e-5)
+    assert gk.dtype == torch.float32 and gk.shape == k.shape
+
+
 def test_short_paths_from_a_fresh_thread(torch, rng):
     """Launches from a thread that has made no CUDA call yet (as torch's autograd threads may
     be, their allocations served from torch's cache): the launcher binds the device's context."""
