@@ -443,20 +443,33 @@ def _direct_forward(cfg, device_id, handle, outs, x, k, pre, post, skip):
 
     m = Lk if kernel_len is None else min(Lk, kernel_len)
     with _on_device(cupy, device_id):
-        shell = _fused.shell_for(Hk, m, L, "causal" if causal else "same", io)
+        shell = _fused.shell_for(Hk, m, L, "causal" if causal else "same", io, direct=False)
         if shell is None:
             return False
-        with _xla_stream(cupy, handle, device_id):  # the scratch belongs to this stream
-            buf = cupy.cuda.alloc(shell.spectrum_bytes)
         ins = [0 if a is None else _buffer_pointer(a) for a in (x, k, pre, post, skip)]
         out = _buffer_pointer(outs[0])
         if _probe is not None:
             _probe({"inputs": [p for p in ins if p], "outputs": [out], "stream": handle,
                     "current_stream": handle, "device": device_id})
-        kspec, scale = shell.spectrum_into(ins[1], kdt, Lk, buf.ptr, handle)
+        with _xla_stream(cupy, handle, device_id):  # the scratch belongs to this stream
+            buf = cupy.cuda.alloc(shell.spectrum_bytes)
+            kspec, scale = _filter_spectrum(cupy, shell, k, kdt, device_id, buf.ptr, handle)
         shell.forward_ptrs(ins[0], ins[2], ins[3], ins[4], out, B, H, handle, kspec=kspec,
                            scale=scale)
     return True
+
+
+def _filter_spectrum(cupy, shell, k, kdt, device_id, buf, handle):
+    """``(spectrum, multiplier)`` of the filters in XLA's buffer ``k`` (``(Hk, Lk)`` of dtype
+    ``kdt``) for ``shell``, into the scratch at ``buf``, on XLA's stream ``handle`` (CuPy's
+    current one: the caller's ``_xla_stream`` block): the direct kernel on the buffer's address,
+    or, for filters too long for it, CuPy's float64 rfft of their taps gathered by our kernels
+    (what a plan's own update computes)."""
+    if shell.direct_spectrum:
+        return shell.spectrum_into(_buffer_pointer(k), kdt, int(k.shape[-1]), buf, handle)
+    taps = _device_view(cupy, k, device_id)[:, :shell.spectrum_taps]
+    rspec = cupy.fft.rfft(taps.astype(cupy.float64), n=shell.n, axis=-1)
+    return shell.gather_spectrum_into(rspec.data.ptr, buf, handle)
 
 
 def _direct_small(cfg, device_id, handle, outs, x, k, pre, post, skip):
@@ -496,8 +509,10 @@ def _direct_backward(cfg, device_id, handle, outs, g, u, k):
     backward and dk's direct inverse sum launched on XLA's stream, du and dk written into the
     output buffers (float32 data, fp16 tensor-core arithmetic). ``cfg`` is ``(causal,
     kernel_len, nd, half)``. Returns False, having done nothing, where it does not serve the
-    call (vmapped axes, other dtypes, a cut filter, sizes the fused backward or the direct dk
-    sum do not take); the general body then runs."""
+    call (vmapped axes, other dtypes, a cut filter, sizes the fused backward does not take);
+    the general body then runs. Filters too long for the direct spectrum kernel get CuPy's
+    float64 rfft gathered by our kernels, and dk an inverse cuFFT of its gathered half
+    spectrum when the direct inverse sum does not serve."""
     causal, kernel_len, nd, half = cfg
     if not half or len(g.shape) != nd or nd < 2:
         return False
@@ -513,8 +528,9 @@ def _direct_backward(cfg, device_id, handle, outs, g, u, k):
     from longconv import _fused
 
     with _on_device(cupy, device_id):
-        shell = _fused.shell_for(Hk, Lk, L, "causal" if causal else "same", "float32")
-        if shell is None or not shell.backward_supported or not shell.dk_direct(H):
+        shell = _fused.shell_for(Hk, Lk, L, "causal" if causal else "same", "float32",
+                                 direct=False)
+        if shell is None or not shell.backward_supported:
             return False
         ptr = [_buffer_pointer(a) for a in (g, u, k, *outs)]
         if _probe is not None:
@@ -522,7 +538,8 @@ def _direct_backward(cfg, device_id, handle, outs, g, u, k):
                     "current_stream": handle, "device": device_id})
         with _xla_stream(cupy, handle, device_id):  # the scratch belongs to this stream
             buf = cupy.cuda.alloc(shell.spectrum_bytes)
-            kspec, scale = shell.spectrum_into(ptr[2], "float32", Lk, buf.ptr, handle)
+            kspec, scale = _filter_spectrum(cupy, shell, k, "float32", device_id, buf.ptr,
+                                            handle)
             dks = cupy.empty(shell.backward_scratch_bytes(B, H, "g") // 4, dtype=cupy.float32)
             S = shell.backward_ptrs(ptr[1], 0, ptr[0], 0, 0, ptr[3], 0, 0, dks.data.ptr, B, H,
                                     "g", handle, kspec=kspec, scale=scale)
@@ -530,7 +547,23 @@ def _direct_backward(cfg, device_id, handle, outs, g, u, k):
             if Hk == 1 and H > 1:
                 # one filter for every channel: its gradient is linear in the partial spectra
                 dks, rows = dks.reshape(H, -1).sum(axis=0), 1
-            shell.dk_into(dks.data.ptr, rows, S, ptr[4], handle)
+            if shell.dk_direct(H):
+                shell.dk_into(dks.data.ptr, rows, S, ptr[4], handle)
+            else:
+                # many long filters: the Hermitian half spectrum, then an unnormalised inverse
+                # real cuFFT (as FusedPlan.backward does), into the output buffer
+                import cupyx.scipy.fft
+
+                N = shell.n
+                half = cupy.empty((rows, N // 2 + 1), dtype=cupy.complex64)
+                shell.dk_gather_into(dks.data.ptr, rows, S, half.data.ptr, handle)
+                corr = cupyx.scipy.fft.irfft(half, n=N, axis=-1, norm="forward",
+                                             overwrite_x=True)
+                dk = _device_view(cupy, outs[1], device_id)
+                m = shell.dk_taps()
+                if m < Lk:
+                    dk.fill(0)  # taps past the output window never meet the input
+                dk[:, :m] = corr[:, :m]
     return True
 
 

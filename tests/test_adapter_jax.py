@@ -551,6 +551,36 @@ def test_gpu_jit_grad_uses_the_fused_backward(rng, jax_gpu, dtype, monkeypatch):
 
 
 @pytest.mark.gpu
+def test_gpu_jit_grad_with_long_filters(rng, jax_gpu, monkeypatch):
+    """Filters too long for the direct spectrum kernel (2048 taps x 2049 bins x 8 filters):
+    the forward and the backward still take the fused kernels on XLA's buffers (CuPy's float64
+    rfft gathered by our kernels, dk from its gathered half spectrum), against float64."""
+    from longconv import _fused
+
+    calls = []
+    real = _fused.FusedPlan.gather_spectrum_into
+
+    def spy(self, *a, **kw):
+        calls.append(self.n)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(_fused.FusedPlan, "gather_spectrum_into", spy)
+    x, k = _on(jax_gpu, _rand(rng, (2, 8, 2048), jnp.float16), _rand(rng, (8, 2048), jnp.float32))
+
+    def loss(x, k):
+        return jnp.sum(longconv.convolve(x, k).astype(jnp.float32) ** 2)
+
+    gx, gk = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k)
+    assert calls == [4096, 4096]  # the forward's spectrum, the backward's
+    cpu = jax.devices("cpu")[0]
+    hx, hk = (jax.device_put(a.astype(jnp.float64), cpu) for a in (x, k))
+    wx, wk = jax.jit(jax.grad(lambda x, k: jnp.sum(_jnp_layer(x, k, True, None, None, None) ** 2),
+                              argnums=(0, 1)))(hx, hk)
+    assert _rel(gx, wx) < 8 * testing.tolerance("float16")
+    assert _rel(gk, wk) < 8 * testing.tolerance("float16")
+
+
+@pytest.mark.gpu
 def test_gpu_vmap_under_jit(rng, jax_gpu):
     x, k, ks = _on(jax_gpu, _rand(rng, (5, 3, 400), jnp.float32), _rand(rng, (3, 250), jnp.float32),
                    _rand(rng, (5, 3, 250), jnp.float32))
