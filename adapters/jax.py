@@ -424,6 +424,9 @@ def _direct_forward(cfg, device_id, handle, outs, x, k, pre, post, skip):
     io, kdt = _dtype_names(x, k)
     if precision is None and kdt == io and io in ("float32", "float64"):
         return _direct_small(cfg, device_id, handle, outs, x, k, pre, post, skip)
+    if io in ("float16", "bfloat16") and kdt in _KDT and precision not in ("single", "double") \
+            and _direct_small(cfg, device_id, handle, outs, x, k, pre, post, skip):
+        return True  # a tiny problem: the direct kernel, as the eager call takes it
     if io not in _IO or kdt not in _KDT or precision in ("single", "double") or (
             io == "float32" and precision != "half"):
         return False
@@ -473,16 +476,19 @@ def _filter_spectrum(cupy, shell, k, kdt, device_id, buf, handle):
 
 
 def _direct_small(cfg, device_id, handle, outs, x, k, pre, post, skip):
-    """:func:`_direct_forward` for small float32/float64 problems: one launch of the direct
-    kernel (``longconv._direct``) on XLA's buffers, gates of x's shape and dtype and skip of
-    shape (H,) read where they lie; False where it does not serve the call."""
+    """:func:`_direct_forward` for small problems: one launch of the direct kernel
+    (``longconv._direct``) on XLA's buffers, gates of x's shape and dtype and skip of shape (H,)
+    (x's dtype; float32 beside 16-bit data) read where they lie; False where it does not serve
+    the call."""
     causal, _, kernel_len, _ = cfg
-    io = _dtype_names(x)[0]
+    io, kdt = _dtype_names(x, k)
+    half = io in ("float16", "bfloat16")
     H, L = int(x.shape[-2]), int(x.shape[-1])
     for g in (pre, post):
         if g is not None and (tuple(g.shape) != tuple(x.shape) or _dtype_names(g)[0] != io):
             return False
-    if skip is not None and (tuple(skip.shape) != (H,) or _dtype_names(skip)[0] != io):
+    if skip is not None and (tuple(skip.shape) != (H,) or
+                             _dtype_names(skip)[0] != ("float32" if half else io)):
         return False
     B = math.prod(int(v) for v in x.shape[:-2])
     Hk, Lk = (int(v) for v in k.shape)
@@ -499,8 +505,8 @@ def _direct_small(cfg, device_id, handle, outs, x, k, pre, post, skip):
         _probe({"inputs": [p for p in ptr[:5] if p], "outputs": [ptr[5]], "stream": handle,
                 "current_stream": handle, "device": device_id})
     with _on_device(cupy, device_id):
-        _direct.launch(cupy, io, ptr[0], ptr[1], Lk if Hk > 1 else 0, *ptr[2:], B, H, L, L,
-                       0 if causal else (m - 1) // 2, taps, 0, handle)
+        _direct.launch(cupy, (io, kdt) if half else io, ptr[0], ptr[1], Lk if Hk > 1 else 0,
+                       *ptr[2:], B, H, L, L, 0 if causal else (m - 1) // 2, taps, 0, handle)
     return True
 
 

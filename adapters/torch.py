@@ -377,13 +377,13 @@ def _io_names():
 
 
 def _modules():
-    """(longconv._fused, cupy), imported once."""
+    """(longconv._fused, cupy, longconv._direct), imported once."""
     if not _MODULES:
         import cupy
 
-        from longconv import _fused
+        from longconv import _direct, _fused
 
-        _MODULES.extend((_fused, cupy))
+        _MODULES.extend((_fused, cupy, _direct))
     return _MODULES
 
 
@@ -457,9 +457,10 @@ def _direct_convolve(x, k, causal):
 
 def _fast_convolve(x, k, pregate, postgate, skip, causal, precision, keep=None):
     """The fused forward on CUDA tensors without CuPy arrays, plan objects or DLPack: the
-    filter spectrum (direct kernel) and the convolution launched on torch's current stream
-    into torch-allocated memory. Returns None where it does not serve the call (other dtypes,
-    FFT sizes or devices, gates that need broadcasting checks): the general path then runs.
+    filter spectrum and the convolution launched on torch's current stream into
+    torch-allocated memory (tiny 16-bit problems: one launch of the direct kernel). Returns
+    None where it does not serve the call (other dtypes, FFT sizes or devices, gates that need
+    broadcasting checks): the general path then runs.
 
     ``keep``: a dict that receives ``"spectrum"``, what the fused backward needs to reuse the
     spectrum instead of computing it again (the shell, the buffer tensor, the addresses and the
@@ -504,8 +505,27 @@ def _fast_convolve(x, k, pregate, postgate, skip, causal, precision, keep=None):
                 or skip.get_device() != dev or skip.is_complex()):
             return None
         skip = skip.detach().float().reshape(-1).expand(H).contiguous()
-    shell = _fused.shell_for(Hk, k.shape[-1], L, "causal" if causal else "same", io,
-                             direct=False)
+    Lk = k.shape[-1]
+    taps = min(Lk, L) if causal else Lk
+    rows = x.numel() // L
+    kdt = k_names.get(k.dtype)
+    _direct = _modules()[2]
+    if io != "float32" and kdt is not None and _direct.serves(io, rows, L, taps):
+        # a tiny problem: one launch of the direct kernel (sums in float32), no spectrum (the
+        # backward computes its own)
+        if k.stride(-1) != 1 and Lk > 1:
+            k = k.detach().contiguous()
+        if not x.is_contiguous():
+            x = x.detach().contiguous()
+        y = torch.empty_like(x)
+        pre, post = ptrs
+        _direct.launch(_modules()[1], (io, kdt), x.data_ptr(), k.data_ptr(),
+                       k.stride(0) if Hk > 1 else 0, 0 if pre is None else pre.data_ptr(),
+                       0 if post is None else post.data_ptr(),
+                       0 if skip is None else skip.data_ptr(), y.data_ptr(), rows // H, H, L, L,
+                       0 if causal else (Lk - 1) // 2, taps, 0, _raw_stream()(dev))
+        return y
+    shell = _fused.shell_for(Hk, Lk, L, "causal" if causal else "same", io, direct=False)
     if shell is None:
         return None
     if not x.is_contiguous():
@@ -705,7 +725,7 @@ def _direct_backward(x, k, dy, pregate, postgate, skip, need, spectrum, B, H, L,
     stream. Serves every size of the fused backward with gates of x's full shape; returns None
     for the rest (broadcast gates: the general route then runs)."""
     torch = _torch()
-    _fused, cupy = _modules()
+    _fused, cupy = _modules()[:2]
     for g in (pregate, postgate):
         if g is not None and g.shape != x.shape:
             return None  # broadcast gates: their gradients need reductions (general route)

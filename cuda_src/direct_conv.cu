@@ -37,16 +37,32 @@ struct DirectParams {
   i64 tiles;     // output tiles per row
 };
 
-template <typename T>
+// Storage of one operand: float, double, or 16-bit (float16, bfloat16) bits read as float.
+struct F16 {};
+struct BF16 {};
+template <typename S> struct st;
+template <> struct st<float> {
+  __device__ static float ld(const void* p, i64 i) { return __ldg(static_cast<const float*>(p) + i); }
+  __device__ static void put(void* p, i64 i, float v) { static_cast<float*>(p)[i] = v; }
+};
+template <> struct st<double> {
+  __device__ static double ld(const void* p, i64 i) { return __ldg(static_cast<const double*>(p) + i); }
+  __device__ static void put(void* p, i64 i, double v) { static_cast<double*>(p)[i] = v; }
+};
+template <> struct st<F16> {
+  __device__ static float ld(const void* p, i64 i) { return f16_to_f32(__ldg(static_cast<const u16*>(p) + i)); }
+  __device__ static void put(void* p, i64 i, float v) { static_cast<u16*>(p)[i] = f32_to_f16(v); }
+};
+template <> struct st<BF16> {
+  __device__ static float ld(const void* p, i64 i) { return bf16_to_f32(__ldg(static_cast<const u16*>(p) + i)); }
+  __device__ static void put(void* p, i64 i, float v) { static_cast<u16*>(p)[i] = f32_to_bf16(v); }
+};
+
+// IO: x, the gates and y; K: the filters; SK: skip; A: the arithmetic (float or double).
+template <typename IO, typename K, typename SK, typename A>
 __device__ void direct_conv(const DirectParams& p) {
-  __shared__ T ks[LC_DIRECT_TAPS];
-  __shared__ T us[LC_DIRECT_TAPS + LC_DIRECT_TILE];
-  const T* x = static_cast<const T*>(p.x);
-  const T* k = static_cast<const T*>(p.k);
-  const T* pre = static_cast<const T*>(p.pregate);
-  const T* post = static_cast<const T*>(p.postgate);
-  const T* skip = static_cast<const T*>(p.skip);
-  T* y = static_cast<T*>(p.y);
+  __shared__ A ks[LC_DIRECT_TAPS];
+  __shared__ A us[LC_DIRECT_TAPS + LC_DIRECT_TILE];
   const int i = threadIdx.x;
   const i64 items = p.rows * p.tiles;
   for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
@@ -54,9 +70,9 @@ __device__ void direct_conv(const DirectParams& p) {
     const i64 h = r % p.H;
     const i64 t0 = (item % p.tiles) * LC_DIRECT_TILE;
     const i64 j0 = p.start + t0;  // full-convolution index of the tile's first output
-    const T* xr = x + r * p.L;
-    const T* kr = k + h * p.k_stride;
-    T acc = 0;
+    const i64 xr = r * p.L;
+    const i64 kr = h * p.k_stride;
+    A acc = 0;
     for (i64 c0 = 0; c0 < p.taps; c0 += LC_DIRECT_TAPS) {
       const int m = (int)min((i64)LC_DIRECT_TAPS, p.taps - c0);
       // output j0 + i meets taps c0 .. c0 + m - 1 at inputs j0 + i - c0 - m + 1 .. j0 + i - c0
@@ -66,25 +82,25 @@ __device__ void direct_conv(const DirectParams& p) {
       // every thread of the block, so the barrier below stays uniform)
       if (!p.wrap && (base + cnt <= 0 || base >= p.L)) continue;
       __syncthreads();  // the previous chunk's values are read
-      for (int q = i; q < m; q += LC_DIRECT_TILE) ks[q] = __ldg(kr + c0 + q);
+      for (int q = i; q < m; q += LC_DIRECT_TILE) ks[q] = st<K>::ld(p.k, kr + c0 + q);
       for (int q = i; q < cnt; q += LC_DIRECT_TILE) {
         i64 idx = base + q;
-        T v = 0;
+        A v = 0;
         if (p.wrap) {
           idx %= p.wrap;
           if (idx < 0) idx += p.wrap;
         }
         if (idx >= 0 && idx < p.L) {
-          v = __ldg(xr + idx);
-          if (pre) v *= __ldg(pre + r * p.L + idx);
+          v = st<IO>::ld(p.x, xr + idx);
+          if (p.pregate) v *= st<IO>::ld(p.pregate, xr + idx);
         }
         us[q] = v;
       }
       __syncthreads();
       // four partial sums: four independent chains of multiply-adds instead of one (a long
       // filter over few rows is latency-bound: one chain costs taps x the FMA latency)
-      const T* u = us + (m - 1) + i;
-      T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+      const A* u = us + (m - 1) + i;
+      A a0 = 0, a1 = 0, a2 = 0, a3 = 0;
       int s = 0;
 #pragma unroll 2
       for (; s + 4 <= m; s += 4) {
@@ -98,17 +114,24 @@ __device__ void direct_conv(const DirectParams& p) {
     }
     const i64 t = t0 + i;
     if (t < p.Lout) {
-      T v = acc;
-      if (post) v *= __ldg(post + r * p.Lout + t);
-      if (skip && t < p.L) v = fma(__ldg(skip + h), __ldg(xr + t), v);
-      y[r * p.Lout + t] = v;
+      A v = acc;
+      if (p.postgate) v *= st<IO>::ld(p.postgate, r * p.Lout + t);
+      if (p.skip && t < p.L) v = fma((A)st<SK>::ld(p.skip, h), st<IO>::ld(p.x, xr + t), v);
+      st<IO>::put(p.y, r * p.Lout + t, v);
     }
   }
 }
 
-extern "C" __global__ void __launch_bounds__(LC_DIRECT_TILE) lc_direct_conv_f32(DirectParams p) {
-  direct_conv<float>(p);
-}
-extern "C" __global__ void __launch_bounds__(LC_DIRECT_TILE) lc_direct_conv_f64(DirectParams p) {
-  direct_conv<double>(p);
-}
+#define LC_DIRECT_ENTRY(name, IO, K, SK, A)                                                  \
+  extern "C" __global__ void __launch_bounds__(LC_DIRECT_TILE) name(DirectParams p) {       \
+    direct_conv<IO, K, SK, A>(p);                                                           \
+  }
+LC_DIRECT_ENTRY(lc_direct_conv_f32, float, float, float, float)
+LC_DIRECT_ENTRY(lc_direct_conv_f64, double, double, double, double)
+// 16-bit data (skip in float32, as the fused kernels take it), filters of any float dtype
+LC_DIRECT_ENTRY(lc_direct_conv_f16_f16, F16, F16, float, float)
+LC_DIRECT_ENTRY(lc_direct_conv_f16_f32, F16, float, float, float)
+LC_DIRECT_ENTRY(lc_direct_conv_f16_f64, F16, double, float, float)
+LC_DIRECT_ENTRY(lc_direct_conv_bf16_f16, BF16, F16, float, float)
+LC_DIRECT_ENTRY(lc_direct_conv_bf16_f32, BF16, float, float, float)
+LC_DIRECT_ENTRY(lc_direct_conv_bf16_f64, BF16, double, float, float)

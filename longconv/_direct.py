@@ -21,14 +21,25 @@ DIRECT_PARAMS_FIELDS = (
 DIRECT_PARAMS_DTYPE = _compile.params_dtype(DIRECT_PARAMS_FIELDS)
 #: Outputs per block (``LC_DIRECT_TILE``), one a thread.
 TILE = 256
-#: Entry points by I/O dtype (the sums run in that precision).
+#: Entry points: by I/O dtype for float32/float64 (the sums in that precision, the filters and
+#: skip of that dtype); by (I/O dtype, filter dtype) for float16/bfloat16 data (sums in
+#: float32, skip in float32 as the fused kernels take it).
 ENTRY = {"float32": "lc_direct_conv_f32", "float64": "lc_direct_conv_f64"}
+ENTRY.update({(io, kdt): f"lc_direct_conv_{io_tag}_{k_tag}"
+              for io, io_tag in (("float16", "f16"), ("bfloat16", "bf16"))
+              for kdt, k_tag in (("float16", "f16"), ("float32", "f32"), ("float64", "f64"))})
 # Work bound (multiply-adds of a call) of the direct kernel, by dtype. Its inner loop reads
 # shared memory for every multiply-add (the taps broadcast, the inputs in a row), about 25 of them
 # a clock per SM: 2^26 float32 terms take ~10 us of an H100, as much GPU time as cuFFT's route
 # spends on such a problem (rfft, product, irfft, copies: ~7 passes over the padded rows) while
 # that route costs ~190 us of host time against ~15. float64 runs at about half the rate.
-DIRECT_MAX_WORK = {"float32": 1 << 26, "float64": 1 << 25}
+DIRECT_MAX_WORK = {"float32": 1 << 26, "float64": 1 << 25,
+                   # float16/bfloat16 data has the fused kernels, whose one-shot call costs two
+                   # launches (the filter spectrum, then the convolution) and two allocations,
+                   # 25-34 us of an H100 host's time; the direct kernel makes one. Up to 2^18
+                   # terms (L = 512 with a full filter, or 4 rows at L = 256) its GPU time stays
+                   # a few microseconds, below a launch's host cost.
+                   "float16": 1 << 18, "bfloat16": 1 << 18}
 #: Blocks resident per SM (256 threads, 9 / 18 KB of static shared memory): the grid's bound.
 _BLOCKS_PER_SM = 8
 #: dtype code (``dtype.char``) -> I/O dtype name.
@@ -38,35 +49,36 @@ _NAME_BY_CHAR = {"f": "float32", "d": "float64"}
 _LAUNCHERS = {}
 
 
-def _launcher(cupy, name):
+def _launcher(cupy, entry):
     dev = cupy.cuda.runtime.getDevice()
-    launch = _LAUNCHERS.get((dev, name))
+    launch = _LAUNCHERS.get((dev, entry))
     if launch is None:
-        kernel = _compile.get_kernel(direct_key(), ENTRY[name])
+        kernel = _compile.get_kernel(direct_key(), ENTRY[entry])
         launch = _compile.Launcher(kernel, DIRECT_PARAMS_DTYPE, TILE)
-        _LAUNCHERS[(dev, name)] = launch
+        _LAUNCHERS[(dev, entry)] = launch
     return launch
 
 
-def serves(name, rows, Lout, taps) -> bool:
+def serves(io, rows, Lout, taps) -> bool:
     """Whether the direct kernel serves ``rows`` rows of ``Lout`` outputs of ``taps`` taps in
-    the I/O dtype ``name``."""
-    bound = DIRECT_MAX_WORK.get(name)
+    the I/O dtype ``io``."""
+    bound = DIRECT_MAX_WORK.get(io)
     return bound is not None and rows * Lout * taps <= bound
 
 
-def launch(cupy, name, x, k, k_stride, pregate, postgate, skip, y, B, H, L, Lout, start, taps,
+def launch(cupy, entry, x, k, k_stride, pregate, postgate, skip, y, B, H, L, Lout, start, taps,
            wrap, stream):
     """One launch on device addresses (0: absent) on the stream handle ``stream``: ``x`` and
     ``pregate`` (B, H, L), ``y`` and ``postgate`` (B, H, Lout) C-contiguous, ``skip`` (H,),
-    filters rows of ``taps`` contiguous taps ``k_stride`` elements apart (0: one filter), all in
-    the dtype ``name``. ``start``: full-convolution index of output 0; ``wrap``: L for a
-    circular convolution (the filter folded to at most L taps), else 0. Nothing is checked."""
+    filters rows of ``taps`` contiguous taps ``k_stride`` elements apart (0: one filter), the
+    dtypes those of ``entry`` (an :data:`ENTRY` key). ``start``: full-convolution index of
+    output 0; ``wrap``: L for a circular convolution (the filter folded to at most L taps),
+    else 0. Nothing is checked."""
     rows = B * H
     tiles = -(-Lout // TILE)
     info = _compile.device_info()
     grid = int(min(rows * tiles, info.sm_count * _BLOCKS_PER_SM))
-    _launcher(cupy, name)(grid, 0, stream, (
+    _launcher(cupy, entry)(grid, 0, stream, (
         x, k, pregate, postgate, skip, y, rows, H, L, Lout, start, taps, k_stride, wrap, tiles))
 
 

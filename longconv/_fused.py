@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from . import _compile, _sizes
+from . import _compile, _direct, _sizes
 from ._kernels import (
     BWD_ENTRY,
     BWD_ENTRY_1,
@@ -1001,7 +1001,8 @@ def cupy_convolve(x, k, causal, precision, kernel_len):
     None when the call is not of the kind this path serves (the caller takes the general one):
     float16 x (float32 with ``precision="half"``), float16/32/64 filters ``(H, Lk)``,
     ``(1, Lk)`` or ``(Lk,)``, everything C-contiguous on the current device, a problem the
-    direct spectrum kernel serves.
+    direct spectrum kernel serves. Tiny float16 problems (``longconv._direct.DIRECT_MAX_WORK``)
+    take one launch of the direct kernel instead.
 
     Every test here is a C attribute or a dict lookup: the call's host time is the two launches
     and the output's allocation (see benchmarks/bench_overhead.py).
@@ -1030,10 +1031,19 @@ def cupy_convolve(x, k, causal, precision, kernel_len):
     dev = cupy.cuda.runtime.getDevice()
     if x.data.device_id != dev or k.data.device_id != dev:
         return None
+    stream = cupy.cuda.get_current_stream().ptr
+    taps = min(Lk, L) if causal else Lk
+    rows = x.size // L
+    if io == "float16" and _direct.serves(io, rows, L, taps):
+        # a tiny problem: one launch of the direct kernel (sums in float32), no spectrum
+        y = cupy.empty(x.shape, dtype=x.dtype)
+        _direct.launch(cupy, (io, kdt), x.data.ptr, k.data.ptr, stride if Hk > 1 else 0, 0, 0,
+                       0, y.data.ptr, rows // H, H, L, L, 0 if causal else (Lk - 1) // 2, taps,
+                       0, stream)
+        return y
     shell = shell_for(Hk, Lk, L, "causal" if causal else "same", io)
     if shell is None:
         return None
-    stream = cupy.cuda.get_current_stream().ptr
     y = cupy.empty(x.shape, dtype=x.dtype)
     # the spectrum's scratch straight from CuPy's pool: no array object around it (the pool
     # orders its reuse on this stream after the launches below)

@@ -1,4 +1,4 @@
-"""The direct (time-domain) kernel of small float32/float64 problems (needs a CUDA device).
+"""The direct (time-domain) kernel of small problems (needs a CUDA device).
 
 ``cuda_src/direct_conv.cu`` against the float64 oracle in every mode, at awkward sizes, with
 several tap chunks, shared and per-channel filters, gates and skip; the routes that reach it
@@ -180,3 +180,60 @@ def test_jax_eager_and_jit(rng, launches):
     testing.assert_close(np.asarray(y), testing.reference_convolve(
         np.asarray(x), np.asarray(k), causal=False, skip=np.asarray(skip)), dtype)
     assert len(launches) >= 3
+
+
+# ------------------------------------------------------------- tiny float16/bfloat16 calls
+
+
+@pytest.mark.parametrize("kdtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_tiny_16bit_one_shot_cupy(rng, launches, kdtype, causal):
+    x = testing.random_array(rng, (2, 2, 256), "float16", xp=cp)
+    k = cp.asarray(testing.random_array(rng, (2, 200), kdtype))
+    y = longconv.convolve(x, k, causal)
+    assert launches == [4 * 256 * 200]
+    assert y.dtype == cp.float16 and y.shape == x.shape
+    testing.assert_close(y, testing.reference_convolve(x, k, causal=causal), "float16")
+
+
+@pytest.mark.parametrize("tdtype", ["float16", "bfloat16"])
+def test_tiny_16bit_torch_forward_and_backward(torch, rng, launches, tdtype):
+    dt = getattr(torch, tdtype)
+    B, H, L = 1, 2, 256
+    x = torch.randn(B, H, L, device="cuda", dtype=dt)
+    k = torch.randn(H, 200, device="cuda")
+    pre = torch.randn(B, H, L, device="cuda", dtype=dt)
+    post = torch.randn(B, H, L, device="cuda", dtype=dt)
+    skip = torch.randn(H, device="cuda")
+    with torch.no_grad():
+        y = longconv.convolve(x, k, pregate=pre, postgate=post, skip=skip)
+    assert launches == [B * H * L * 200]
+    to64 = [t.double().cpu().numpy() for t in (x, k, pre, post, skip)]
+    ref = testing.reference_convolve(to64[0], to64[1], pregate=to64[2], postgate=to64[3],
+                                     skip=to64[4])
+    testing.assert_close(y.float().cpu().numpy(), ref, rtol=testing.tolerance(tdtype))
+    # gradients: the forward's direct launch, then the fused backward (its own spectrum)
+    leaves = [t.clone().requires_grad_() for t in (x, k)]
+    y = longconv.convolve(*leaves)
+    dy = torch.randn_like(y)
+    gx, gk = torch.autograd.grad(y, leaves, dy)
+    xr, kr = (t.double().cpu().requires_grad_() for t in (x, k))
+    yr = torch.fft.irfft(torch.fft.rfft(xr, n=2 * L) * torch.fft.rfft(kr, n=2 * L), n=2 * L)
+    rx, rk = torch.autograd.grad(yr[..., :L], (xr, kr), dy.double().cpu())
+    testing.assert_close(gx.float().cpu().numpy(), rx.numpy(), rtol=4 * testing.tolerance(tdtype))
+    testing.assert_close(gk.cpu().numpy(), rk.numpy(), rtol=8 * testing.tolerance(tdtype))
+
+
+def test_tiny_16bit_jax_eager_and_jit_agree(rng, launches):
+    jax = pytest.importorskip("jax")
+    if jax.default_backend() != "gpu":
+        pytest.skip("jax without a GPU")
+    jnp = jax.numpy
+    x = jnp.asarray(testing.random_array(rng, (1, 2, 256), "float16"))
+    k = jnp.asarray(testing.random_array(rng, (2, 256), "float32"))
+    ye = longconv.convolve(x, k)
+    yj = jax.jit(lambda a, b: longconv.convolve(a, b))(x, k)
+    assert len(launches) == 2
+    assert np.array_equal(np.asarray(ye), np.asarray(yj))
+    testing.assert_close(np.asarray(yj), testing.reference_convolve(np.asarray(x), np.asarray(k)),
+                         "float16")
