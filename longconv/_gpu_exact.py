@@ -92,13 +92,16 @@ class CupyConvPlan:
         self._kt = k
         self._K = None  # the spectrum, computed by the first call that needs it
         # small real problems in the data's precision take the direct kernel (_direct), which
-        # reads these filters: rows of taps, contiguous, in the I/O dtype
+        # reads these filters: rows of taps, contiguous, in the I/O dtype. Plans whose one row
+        # is already beyond its work bound never do, and drop the filters once the spectrum
+        # exists (a bank of long filters is not held twice).
         self._direct_name = None
         if (not self.is_complex and self.freq_keep is None
                 and self.io_dtype == np.dtype(self.rdtype).name):
             from . import _direct
 
-            if self.io_dtype in _direct.ENTRY:
+            if self.io_dtype in _direct.ENTRY and _direct.serves(self.io_dtype, 1, self.L_out,
+                                                                  self.Lk):
                 self._direct_name = self.io_dtype
                 self._kt = cp.ascontiguousarray(k)
         #: device of the plan's arrays (the direct launches' check, as FusedPlan.device)
@@ -116,6 +119,8 @@ class CupyConvPlan:
             if self.freq_keep is not None:
                 K[:, keep_bins(self.freq_keep, self.n):] = 0
             self._K = K
+            if self._direct_name is None:
+                self._kt = None  # only the spectrum is used from now on
         return K
 
     def serves_ptrs(self, B, H):

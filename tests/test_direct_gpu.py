@@ -237,3 +237,18 @@ def test_tiny_16bit_jax_eager_and_jit_agree(rng, launches):
     assert np.array_equal(np.asarray(ye), np.asarray(yj))
     testing.assert_close(np.asarray(yj), testing.reference_convolve(np.asarray(x), np.asarray(k)),
                          "float16")
+
+
+def test_plans_beyond_the_bound_keep_only_the_spectrum(rng):
+    """A plan whose single row is beyond the direct kernel's bound never uses it: after its
+    first cuFFT call it holds the spectrum only (a bank of long filters is not held twice);
+    update() gives it new filters."""
+    L = 8192
+    x = testing.random_array(rng, (2, 1, L), "float64", xp=cp)
+    k = testing.random_array(rng, (1, L), "float64", xp=cp)
+    plan = _gpu_exact.CupyConvPlan(k, L, mode="causal", io_dtype="float64")
+    assert not plan.serves_ptrs(1, 1)
+    testing.assert_close(plan(x), testing.reference(x, k, "causal"), "float64")
+    assert plan._kt is None and plan._K is not None
+    plan.update(k * 2)
+    testing.assert_close(plan(x), testing.reference(x, k * 2, "causal"), "float64")
