@@ -493,10 +493,10 @@ def _direct_small(cfg, device_id, handle, outs, x, k, pre, post, skip):
     B = math.prod(int(v) for v in x.shape[:-2])
     Hk, Lk = (int(v) for v in k.shape)
     m = Lk if kernel_len is None else min(Lk, kernel_len)
-    taps = min(m, L) if causal else m
     from longconv import _direct
 
-    if B * H * L == 0 or not _direct.serves(io, B * H, L, taps):
+    geometry = _direct.convolve_geometry(io, kdt, B * H, L, m, causal) if B * H * L else None
+    if geometry is None:
         return False
     import cupy
 
@@ -505,8 +505,8 @@ def _direct_small(cfg, device_id, handle, outs, x, k, pre, post, skip):
         _probe({"inputs": [p for p in ptr[:5] if p], "outputs": [ptr[5]], "stream": handle,
                 "current_stream": handle, "device": device_id})
     with _on_device(cupy, device_id):
-        _direct.launch(cupy, (io, kdt) if half else io, ptr[0], ptr[1], Lk if Hk > 1 else 0,
-                       *ptr[2:], B, H, L, L, 0 if causal else (m - 1) // 2, taps, 0, handle)
+        _direct.launch_convolve(cupy, geometry, ptr[0], ptr[1], Lk if Hk > 1 else 0, *ptr[2:],
+                                B * H, H, L, handle)
     return True
 
 
@@ -546,30 +546,13 @@ def _direct_backward(cfg, device_id, handle, outs, g, u, k):
             buf = cupy.cuda.alloc(shell.spectrum_bytes)
             kspec, scale = _filter_spectrum(cupy, shell, k, "float32", device_id, buf.ptr,
                                             handle)
-            dks = cupy.empty(shell.backward_scratch_bytes(B, H, "g") // 4, dtype=cupy.float32)
+            dks = cupy.empty(shell.backward_scratch_bytes(B, H, "g") // 8,
+                             dtype=cupy.complex64)
             S = shell.backward_ptrs(ptr[1], 0, ptr[0], 0, 0, ptr[3], 0, 0, dks.data.ptr, B, H,
                                     "g", handle, kspec=kspec, scale=scale)
-            rows = H
-            if Hk == 1 and H > 1:
-                # one filter for every channel: its gradient is linear in the partial spectra
-                dks, rows = dks.reshape(H, -1).sum(axis=0), 1
-            if shell.dk_direct(H):
-                shell.dk_into(dks.data.ptr, rows, S, ptr[4], handle)
-            else:
-                # many long filters: the Hermitian half spectrum, then an unnormalised inverse
-                # real cuFFT (as FusedPlan.backward does), into the output buffer
-                import cupyx.scipy.fft
-
-                N = shell.n
-                half = cupy.empty((rows, N // 2 + 1), dtype=cupy.complex64)
-                shell.dk_gather_into(dks.data.ptr, rows, S, half.data.ptr, handle)
-                corr = cupyx.scipy.fft.irfft(half, n=N, axis=-1, norm="forward",
-                                             overwrite_x=True)
-                dk = _device_view(cupy, outs[1], device_id)
-                m = shell.dk_taps()
-                if m < Lk:
-                    dk.fill(0)  # taps past the output window never meet the input
-                dk[:, :m] = corr[:, :m]
+            # dk into the output buffer, reduced as FusedPlan.backward reduces it (the direct
+            # inverse sum, or many long filters' half spectrum and an inverse real cuFFT)
+            shell.reduce_dk(dks, H, S, handle, out=_device_view(cupy, outs[1], device_id))
     return True
 
 

@@ -435,23 +435,31 @@ def _direct_convolve(x, k, causal):
     dev = x.get_device()
     if (Hk != 1 and Hk != H) or Lk < 1 or k.get_device() != dev:
         return None
-    from longconv import _direct
+    cupy, _direct = _modules()[1:3]
+    geometry = _direct.convolve_geometry(name, name, x.numel() // L, L, Lk, causal)
+    if geometry is None or cupy.cuda.runtime.getDevice() != dev:
+        return None
+    return _launch_direct(x, k, Hk, geometry, None, None, None, dev)
 
-    taps = min(Lk, L) if causal else Lk
-    rows = x.numel() // L
-    if not _direct.serves(name, rows, L, taps):
-        return None
-    cupy = _modules()[1]
-    if cupy.cuda.runtime.getDevice() != dev:
-        return None
-    if k.stride(-1) != 1 and Lk > 1:
+
+def _launch_direct(x, k, Hk, geometry, pre, post, skip, dev):
+    """One launch of the direct kernel (``geometry``: ``longconv._direct.convolve_geometry``)
+    on torch's current stream into a new tensor like ``x``: gates contiguous of x's shape and
+    dtype, skip (H,) as the entry point reads it, or None; the filters' taps made contiguous
+    (and x) where they are not."""
+    cupy, _direct = _modules()[1:3]
+    L = x.shape[-1]
+    if k.stride(-1) != 1 and k.shape[-1] > 1:
         k = k.detach().contiguous()
     if not x.is_contiguous():
         x = x.detach().contiguous()
-    y = torch.empty_like(x)
-    _direct.launch(cupy, name, x.data_ptr(), k.data_ptr(), k.stride(0) if Hk > 1 else 0, 0, 0,
-                   0, y.data_ptr(), rows // H, H, L, L, 0 if causal else (Lk - 1) // 2, taps, 0,
-                   _raw_stream()(dev))
+    y = _torch().empty_like(x)
+    _direct.launch_convolve(cupy, geometry, x.data_ptr(), k.data_ptr(),
+                            k.stride(0) if Hk > 1 else 0, 0 if pre is None else pre.data_ptr(),
+                            0 if post is None else post.data_ptr(),
+                            0 if skip is None else skip.data_ptr(), y.data_ptr(),
+                            x.numel() // L, x.shape[-2] if x.ndim >= 2 else 1, L,
+                            _raw_stream()(dev))
     return y
 
 
@@ -506,25 +514,13 @@ def _fast_convolve(x, k, pregate, postgate, skip, causal, precision, keep=None):
             return None
         skip = skip.detach().float().reshape(-1).expand(H).contiguous()
     Lk = k.shape[-1]
-    taps = min(Lk, L) if causal else Lk
-    rows = x.numel() // L
     kdt = k_names.get(k.dtype)
-    _direct = _modules()[2]
-    if io != "float32" and kdt is not None and _direct.serves(io, rows, L, taps):
-        # a tiny problem: one launch of the direct kernel (sums in float32), no spectrum (the
-        # backward computes its own)
-        if k.stride(-1) != 1 and Lk > 1:
-            k = k.detach().contiguous()
-        if not x.is_contiguous():
-            x = x.detach().contiguous()
-        y = torch.empty_like(x)
-        pre, post = ptrs
-        _direct.launch(_modules()[1], (io, kdt), x.data_ptr(), k.data_ptr(),
-                       k.stride(0) if Hk > 1 else 0, 0 if pre is None else pre.data_ptr(),
-                       0 if post is None else post.data_ptr(),
-                       0 if skip is None else skip.data_ptr(), y.data_ptr(), rows // H, H, L, L,
-                       0 if causal else (Lk - 1) // 2, taps, 0, _raw_stream()(dev))
-        return y
+    if io != "float32" and kdt is not None:
+        geometry = _modules()[2].convolve_geometry(io, kdt, x.numel() // L, L, Lk, causal)
+        if geometry is not None:
+            # a tiny problem: one launch of the direct kernel (sums in float32), no spectrum
+            # (the backward computes its own)
+            return _launch_direct(x, k, Hk, geometry, *ptrs, skip, dev)
     shell = _fused.shell_for(Hk, Lk, L, "causal" if causal else "same", io, direct=False)
     if shell is None:
         return None

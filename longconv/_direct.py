@@ -82,6 +82,37 @@ def launch(cupy, entry, x, k, k_stride, pregate, postgate, skip, y, B, H, L, Lou
         x, k, pregate, postgate, skip, y, rows, H, L, Lout, start, taps, k_stride, wrap, tiles))
 
 
+def convolve_geometry(io, kdt, rows, L, Lk, causal):
+    """``(entry, taps, start)`` of a ``convolve(x, k, causal)`` call on the direct kernel:
+    ``rows`` rows of ``L`` samples, filters of ``Lk`` taps (after any ``kernel_len`` cut) of
+    dtype ``kdt``, I/O dtype ``io``, ``L`` outputs a row. None where the kernel does not serve
+    it: no entry point for the dtypes (float32/float64 data take filters of their own dtype),
+    or more work than :data:`DIRECT_MAX_WORK`."""
+    if io == "float32" or io == "float64":
+        if kdt != io:
+            return None
+        entry = io
+    else:
+        entry = (io, kdt)
+        if entry not in ENTRY:
+            return None
+    taps = min(Lk, L) if causal else Lk
+    if not serves(io, rows, L, taps):
+        return None
+    # causal: output t is full-convolution index t; "same": centred on the filter
+    return entry, taps, 0 if causal else (Lk - 1) // 2
+
+
+def launch_convolve(cupy, geometry, x, k, k_stride, pregate, postgate, skip, y, rows, H, L,
+                    stream):
+    """:func:`launch` of a ``convolve`` call whose :func:`convolve_geometry` is ``geometry``:
+    ``rows`` rows (a multiple of ``H``) of ``L`` samples in and out, the operands' device
+    addresses (0: absent; ``k_stride`` 0 when one filter serves every channel)."""
+    entry, taps, start = geometry
+    launch(cupy, entry, x, k, k_stride, pregate, postgate, skip, y, rows // H, H, L, L, start,
+           taps, 0, stream)
+
+
 def _cupy():
     import cupy
 
@@ -101,9 +132,8 @@ def cupy_convolve(x, k, causal):
     if layout is None:
         return None
     L, H, Hk, Lk, stride = layout
-    taps = min(Lk, L) if causal else Lk
-    rows = x.size // L
-    if not serves(name, rows, L, taps):
+    geometry = convolve_geometry(name, name, x.size // L, L, Lk, causal)
+    if geometry is None:
         return None
     cupy = _cupy()
     dev = cupy.cuda.runtime.getDevice()
@@ -111,8 +141,6 @@ def cupy_convolve(x, k, causal):
         return None
     y = cupy.empty(x.shape, dtype=x.dtype)
     # one filter: every channel reads row 0
-    launch(cupy, name, x.data.ptr, k.data.ptr, stride if Hk > 1 else 0, 0, 0, 0, y.data.ptr,
-           rows // H, H, L, L, 0 if causal else (Lk - 1) // 2, taps, 0,
-           cupy.cuda.get_current_stream().ptr)
+    launch_convolve(cupy, geometry, x.data.ptr, k.data.ptr, stride if Hk > 1 else 0, 0, 0, 0,
+                    y.data.ptr, x.size // L, H, L, cupy.cuda.get_current_stream().ptr)
     return y
-

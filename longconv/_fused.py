@@ -697,24 +697,25 @@ class FusedPlan:
         # alias back onto it when the filter is longer than the signal)
         return min(self.Lk, self.out_offset + self.Lout)
 
-    def _dk(self, dks, H, S, stream):
+    def reduce_dk(self, dks, H, S, stream, out=None):
         """dk from the backward's partial spectra ``dks`` ((H, S, N) complex64, fragment order):
-        float32 ``(Hk, Lk)``, the channels summed when one filter serves them all.
+        float32 ``(Hk, Lk)``, the channels summed when one filter serves them all; written into
+        ``out`` (a C-contiguous float32 CuPy array of that shape) when given, and returned.
 
         Small problems take one launch of the direct inverse sum (``lc_kspec_dk``); the others
         gather the Hermitian half spectrum (``lc_dk_gather``) for an inverse real cuFFT."""
         cupy = _cupy()
         N, Lk = self.n, self.Lk
-        m = self._dk_taps(H)
         if self.Hk == 1 and H > 1:
             # one filter for every channel: its gradient is linear in the partial spectra
             dks = dks.reshape(H, S * N).sum(axis=0)
-            H = 1
-        circular = self.mode == "circular"
-        if H * N * m <= DK_DIRECT_MAX_WORK:
-            dk = cupy.empty((H, Lk), dtype=cupy.float32)
-            self.dk_into(dks.data.ptr, H, S, dk.data.ptr, stream)
+        if self.dk_direct(H):
+            rows = 1 if self.Hk == 1 else H
+            dk = cupy.empty((rows, Lk), dtype=cupy.float32) if out is None else out
+            self.dk_into(dks.data.ptr, rows, S, dk.data.ptr, stream)
             return dk
+        m = self._dk_taps(H)
+        H = 1 if self.Hk == 1 else H
         half = cupy.empty((H, N // 2 + 1), dtype=cupy.complex64)
         self.dk_gather_into(dks.data.ptr, H, S, half.data.ptr, stream)
         # norm="forward": the unscaled sum over the Hermitian extension of the half spectrum;
@@ -722,15 +723,22 @@ class FusedPlan:
         import cupyx.scipy.fft
 
         corr = cupyx.scipy.fft.irfft(half, n=N, axis=-1, norm="forward", overwrite_x=True)
-        if circular:
-            return corr if Lk == N else cupy.ascontiguousarray(corr[:, np.arange(Lk) % N])
-        if m == Lk:
-            return cupy.ascontiguousarray(corr[:, :Lk])
-        # taps past the output window never meet the input (their circular images would
-        # alias back onto it when the filter is longer than the signal)
-        dk = cupy.zeros((H, Lk), dtype=cupy.float32)
-        dk[:, :m] = corr[:, :m]
-        return dk
+        if self.mode == "circular":
+            taps = corr if Lk == N else corr[:, np.arange(Lk) % N]
+        elif m == Lk:
+            taps = corr[:, :Lk]
+        else:
+            # taps past the output window never meet the input (their circular images would
+            # alias back onto it when the filter is longer than the signal)
+            dk = cupy.zeros((H, Lk), dtype=cupy.float32) if out is None else out
+            if out is not None:
+                dk[:, m:] = 0
+            dk[:, :m] = corr[:, :m]
+            return dk
+        if out is None:
+            return cupy.ascontiguousarray(taps)
+        out[...] = taps
+        return out
 
     def _numbers(self, a):
         """An I/O array's values in float32 (bfloat16 travels as uint16 bits)."""
@@ -826,7 +834,7 @@ class FusedPlan:
         S = self.backward_ptrs(*ptr, B, H, want, stream)
         res["x"], res["pregate"], res["postgate"] = dx, dpre, dpost
         if need_k:
-            res["k"] = self._dk(dks, H, S, stream)
+            res["k"] = self.reduce_dk(dks, H, S, stream)
         return res
 
     def _bwd_geometry(self, B, H, want):
@@ -1032,14 +1040,14 @@ def cupy_convolve(x, k, causal, precision, kernel_len):
     if x.data.device_id != dev or k.data.device_id != dev:
         return None
     stream = cupy.cuda.get_current_stream().ptr
-    taps = min(Lk, L) if causal else Lk
     rows = x.size // L
-    if io == "float16" and _direct.serves(io, rows, L, taps):
+    geometry = _direct.convolve_geometry(io, kdt, rows, L, Lk, causal) if io == "float16" \
+        else None
+    if geometry is not None:
         # a tiny problem: one launch of the direct kernel (sums in float32), no spectrum
         y = cupy.empty(x.shape, dtype=x.dtype)
-        _direct.launch(cupy, (io, kdt), x.data.ptr, k.data.ptr, stride if Hk > 1 else 0, 0, 0,
-                       0, y.data.ptr, rows // H, H, L, L, 0 if causal else (Lk - 1) // 2, taps,
-                       0, stream)
+        _direct.launch_convolve(cupy, geometry, x.data.ptr, k.data.ptr,
+                                stride if Hk > 1 else 0, 0, 0, 0, y.data.ptr, rows, H, L, stream)
         return y
     shell = shell_for(Hk, Lk, L, "causal" if causal else "same", io)
     if shell is None:
