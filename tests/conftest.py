@@ -64,3 +64,24 @@ def torch_cuda():
     if not torch.cuda.is_available():
         pytest.skip("torch without CUDA")
     return torch
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """``spy(owner, name, record)``: replace ``owner.name`` (a module's function or a class's
+    method, for this test only) by a wrapper that calls the real one and appends
+    ``record(args, result)`` to the list it returns (default: the positional arguments)."""
+
+    def install(owner, name, record=lambda args, result: args):
+        real = getattr(owner, name)
+        calls = []
+
+        def wrapper(*args, **kwargs):
+            result = real(*args, **kwargs)
+            calls.append(record(args, result))
+            return result
+
+        monkeypatch.setattr(owner, name, wrapper)
+        return calls
+
+    return install

@@ -523,18 +523,11 @@ def test_gpu_jit_grad_matches_jnp_reference(rng, jax_gpu, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_gpu_jit_grad_uses_the_fused_backward(rng, jax_gpu, dtype, monkeypatch):
+def test_gpu_jit_grad_uses_the_fused_backward(rng, jax_gpu, dtype, spy):
     """16-bit data under jit on the GPU: du and dk come from one fused backward launch."""
     from longconv import _fused
 
-    calls = []
-    real = _fused.FusedPlan.backward_ptrs
-
-    def spy(self, *a, **kw):
-        calls.append((self.n, self.mode))
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(_fused.FusedPlan, "backward_ptrs", spy)
+    calls = spy(_fused.FusedPlan, "backward_ptrs", lambda a, r: (a[0].n, a[0].mode))
     x, k = _on(jax_gpu, _rand(rng, (3, 4, 1000), dtype), _rand(rng, (4, 1000), dtype))
 
     def loss(x, k):
@@ -551,20 +544,13 @@ def test_gpu_jit_grad_uses_the_fused_backward(rng, jax_gpu, dtype, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_jit_grad_with_long_filters(rng, jax_gpu, monkeypatch):
+def test_gpu_jit_grad_with_long_filters(rng, jax_gpu, spy):
     """Filters too long for the direct spectrum kernel (2048 taps x 2049 bins x 8 filters):
     the forward and the backward still take the fused kernels on XLA's buffers (CuPy's float64
     rfft gathered by our kernels, dk from its gathered half spectrum), against float64."""
     from longconv import _fused
 
-    calls = []
-    real = _fused.FusedPlan.gather_spectrum_into
-
-    def spy(self, *a, **kw):
-        calls.append(self.n)
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(_fused.FusedPlan, "gather_spectrum_into", spy)
+    calls = spy(_fused.FusedPlan, "gather_spectrum_into", lambda a, r: a[0].n)
     x, k = _on(jax_gpu, _rand(rng, (2, 8, 2048), jnp.float16), _rand(rng, (8, 2048), jnp.float32))
 
     def loss(x, k):
@@ -653,3 +639,4 @@ def test_gpu_jit_orders_with_surrounding_xla_work(rng, jax_gpu, dtype):
                                          np.asarray(k.astype(jnp.float64)))
         assert _rel(y, ref) < tol
         assert _rel(z, 2 * ref + 1) < tol
+

@@ -164,7 +164,7 @@ def _general(monkeypatch, fn):
     ((2, 2, 3, 2048), (1, 4000), True),
 ])
 @pytest.mark.parametrize("kdtype", ["float16", "float32", "float64"])
-def test_cupy_convolve_short_path_matches_the_general_one(rng, monkeypatch, shape, kshape,
+def test_cupy_convolve_short_path_matches_the_general_one(rng, monkeypatch, spy, shape, kshape,
                                                           causal, kdtype):
     from longconv import _direct
 
@@ -172,15 +172,7 @@ def test_cupy_convolve_short_path_matches_the_general_one(rng, monkeypatch, shap
     monkeypatch.setitem(_direct.DIRECT_MAX_WORK, "float16", -1)
     x = testing.random_array(rng, shape, "float16", xp=cp)
     k = cp.asarray(rng.standard_normal(kshape).astype(kdtype))
-    seen = []
-    real = _fused.cupy_convolve
-
-    def spy(*a):
-        y = real(*a)
-        seen.append(y is not None)
-        return y
-
-    monkeypatch.setattr(_fused, "cupy_convolve", spy)
+    seen = spy(_fused, "cupy_convolve", lambda a, r: r is not None)
     y = longconv.convolve(x, k, causal)
     assert seen == [True]
     ref = _general(monkeypatch, lambda: longconv.convolve(x, k, causal))
@@ -214,7 +206,7 @@ def test_cupy_convolve_short_path_kernel_len(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("kcase", ["rows apart", "1-D strided", "2-D strided taps"])
-def test_cupy_convolve_first_dispatch_filter_layouts(rng, monkeypatch, kcase):
+def test_cupy_convolve_first_dispatch_filter_layouts(rng, monkeypatch, spy, kcase):
     """The adapter's fast entry (tried before any other dispatch) serves filters whose rows
     are contiguous however far apart, declines strided taps, and both give the oracle."""
     from longconv import adapters
@@ -223,15 +215,7 @@ def test_cupy_convolve_first_dispatch_filter_layouts(rng, monkeypatch, kcase):
     big = cp.asarray(rng.standard_normal((3, 1000)).astype(np.float32))
     k = {"rows apart": big[:, 100:400], "1-D strided": big[0, ::3][:300],
          "2-D strided taps": big[:, ::3][:, :300]}[kcase]
-    calls = []
-
-    real = _fused.cupy_convolve
-
-    def spy(*a):
-        calls.append(real(*a))
-        return calls[-1]
-
-    monkeypatch.setattr(_fused, "cupy_convolve", spy)
+    calls = spy(_fused, "cupy_convolve", lambda a, r: r)
     longconv.convolve(x, k)  # the first CuPy call registers the adapter's fast entry
     assert adapters.FAST_CONVOLVE.get(cp.ndarray) is not None
     calls.clear()
@@ -369,18 +353,11 @@ def test_torch_first_dispatch_filter_layouts(torch, rng, kcase):
                          "float16")
 
 
-def test_torch_eager_backward_reuses_the_forward_spectrum(torch, monkeypatch):
+def test_torch_eager_backward_reuses_the_forward_spectrum(torch, spy):
     from longconv import _fused
     from longconv.adapters import torch as lt
 
-    calls = []
-    real = _fused.FusedPlan.spectrum_into
-
-    def counting(self, *a, **kw):
-        calls.append(1)
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(_fused.FusedPlan, "spectrum_into", counting)
+    calls = spy(_fused.FusedPlan, "spectrum_into", lambda a, r: 1)
     x = torch.randn(2, 4, 200, device="cuda", dtype=torch.float16, requires_grad=True)
     k = torch.randn(4, 200, device="cuda", requires_grad=True)
     dy = torch.randn(2, 4, 200, device="cuda", dtype=torch.float16)
@@ -398,7 +375,7 @@ def test_torch_eager_backward_reuses_the_forward_spectrum(torch, monkeypatch):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_torch_long_filters_take_the_gathered_spectrum(torch, monkeypatch, causal):
+def test_torch_long_filters_take_the_gathered_spectrum(torch, monkeypatch, spy, causal):
     """Filters too long for the direct spectrum kernel: torch's float64 rfft and our gather in
     the forward, reused by the backward, whose dk comes from the gathered half spectrum and
     torch's inverse FFT; against the oracle and against the general route (CuPy's FFTs)."""
@@ -409,14 +386,7 @@ def test_torch_long_filters_take_the_gathered_spectrum(torch, monkeypatch, causa
     x = torch.randn(B, H, L, device="cuda", dtype=torch.float16)
     k = torch.randn(H, L, device="cuda")
     dy = torch.randn(B, H, L, device="cuda", dtype=torch.float16)
-    calls = []
-    real = _fused.FusedPlan.gather_spectrum_into
-
-    def counting(self, *a, **kw):
-        calls.append(self.n)
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(_fused.FusedPlan, "gather_spectrum_into", counting)
+    calls = spy(_fused.FusedPlan, "gather_spectrum_into", lambda a, r: a[0].n)
     with torch.no_grad():
         y = longconv.convolve(x, k, causal)
     assert calls == [4096]

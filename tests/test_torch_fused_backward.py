@@ -63,18 +63,11 @@ def test_fused_gradients_against_float64(dtype, causal, L, Lk):
         assert rel(got, want) < 2 * tol, (name, rel(got, want))
 
 
-def test_fused_backward_is_used(monkeypatch):
+def test_fused_backward_is_used(spy):
     _cuda()
     from longconv import _fused
 
-    calls = []
-    real = _fused.FusedPlan.backward_ptrs
-
-    def spy(self, *a, **kw):
-        calls.append(self.n)
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(_fused.FusedPlan, "backward_ptrs", spy)
+    calls = spy(_fused.FusedPlan, "backward_ptrs", lambda a, r: a[0].n)
     x = torch.randn(2, 3, 512, device="cuda", dtype=torch.float16, requires_grad=True)
     k = torch.randn(3, 512, device="cuda", requires_grad=True)
     longconv.convolve(x, k).float().square().sum().backward()
