@@ -7,6 +7,9 @@ every call waited for (``block_until_ready``, and on a GPU a device-wide synchro
 
 * ``jnp.fft jit``: the same causal convolution written with ``jnp.fft`` under ``jax.jit``,
   the floor of a jitted call on this device;
+* ``jnp x * 2 eager``: one eager JAX operation on ``x``, the floor of any eager call (JAX's
+  own dispatch of an operation outside ``jit``);
+* ``jnp.fft eager``: the ``jnp.fft`` convolution called eagerly (six eager operations);
 * ``longconv eager``: ``longconv.convolve(x, k)`` on concrete arrays (DLPack on the GPU);
 * ``longconv jit``: ``jax.jit(longconv.convolve)`` (``buffer_callback`` on XLA's stream on a
   CUDA GPU, ``pure_callback`` on the CPU);
@@ -14,7 +17,8 @@ every call waited for (``block_until_ready``, and on a GPU a device-wide synchro
 * ``longconv jit grad``: ``jax.jit(jax.grad(...))`` of ``sum(convolve(x, k) ** 2)`` with
   respect to ``x`` and ``k`` (forward and backward callbacks).
 
-The column ``over floor us`` subtracts the ``jnp.fft jit`` median.
+The column ``over floor us`` subtracts the ``jnp.fft jit`` median; ``over eager op us``
+subtracts the ``jnp x * 2 eager`` median from the eager rows.
 
     python benchmarks/bench_overhead_jax.py [--device gpu|cpu] [--dtype float32] [--B 1]
                                             [--H 1] [--L 256] [--calls 2000] [--warmup 50]
@@ -102,6 +106,8 @@ def main(argv=None):
 
     cases = [
         ("jnp.fft jit", jax.jit(jnp_conv), (x, k)),
+        ("jnp x * 2 eager", lambda x: x * 2, (x,)),
+        ("jnp.fft eager", jnp_conv, (x, k)),
         ("longconv eager", longconv.convolve, (x, k)),
         ("longconv jit", jax.jit(lambda x, k: longconv.convolve(x, k)), (x, k)),
         ("longconv jit gated",
@@ -124,10 +130,11 @@ def main(argv=None):
     rows = []
     for name, fn, fargs in cases:
         rows.append((name, _time_calls(fn, fargs, args.calls, args.warmup, sync)))
-    floor = rows[0][1]
-    print(f"{'path':<22}{'us/call':>12}{'over floor us':>16}")
+    floor, eager_floor = rows[0][1], rows[1][1]
+    print(f"{'path':<22}{'us/call':>12}{'over floor us':>16}{'over eager op us':>19}")
     for name, us in rows:
-        print(f"{name:<22}{us:>12.1f}{us - floor:>16.1f}")
+        over_op = f"{us - eager_floor:>19.1f}" if "eager" in name else ""
+        print(f"{name:<22}{us:>12.1f}{us - floor:>16.1f}{over_op}")
     return rows
 
 

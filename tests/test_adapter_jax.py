@@ -640,3 +640,57 @@ def test_gpu_jit_orders_with_surrounding_xla_work(rng, jax_gpu, dtype):
         assert _rel(y, ref) < tol
         assert _rel(z, 2 * ref + 1) < tol
 
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, L, route", [
+    ("float16", 4096, "_fused"),   # the fused kernels (spectrum + convolution)
+    ("float16", 200, "_fused"),    # FFT size 512 (8 rows: above the direct kernel's bound)
+    ("float32", 300, "_direct"),   # small float32: the direct kernel
+])
+def test_gpu_eager_fast_path_reads_the_callers_memory(rng, jax_gpu, spy, dtype, L, route):
+    """An eager call with default options goes through the adapter's fast entry
+    (``adapters.FAST_CONVOLVE``), and its kernels read the caller's buffers (the DLPack views
+    alias the JAX arrays' memory)."""
+    from longconv import _direct, _fused, adapters
+
+    module = {"_fused": _fused, "_direct": _direct}[route]
+    seen = spy(module, "cupy_convolve", lambda a, r: (a[0].data.ptr, a[1].data.ptr))
+    x, k = _on(jax_gpu, _rand(rng, (2, 4, L), dtype), _rand(rng, (4, L), dtype))
+    y = longconv.convolve(x, k, False)
+    assert adapters.FAST_CONVOLVE.get(type(x)) is ljax.fast_convolve
+    assert seen and seen[-1] == (x.unsafe_buffer_pointer(), k.unsafe_buffer_pointer())
+    assert isinstance(y, jax.Array) and y.dtype == x.dtype and y.shape == x.shape
+    assert next(iter(y.devices())) == jax_gpu
+    ref = _ref_layer(x.astype(jnp.float64), k.astype(jnp.float64), False)
+    assert _rel(y, ref) < 4 * testing.tolerance(dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, H", [("float16", 16), ("float32", 1)])
+def test_gpu_eager_orders_with_pending_jax_work(rng, jax_gpu, dtype, H):
+    """Eager calls are dispatched asynchronously: the input is written by JAX only after a long
+    computation that is still running when longconv is called, and a JAX op reads the result
+    right away. Read on a stream that did not wait for JAX, the kernels would see the input's
+    memory before it is written (each round writes other values); a result handed to JAX
+    before the kernels finish would give the next op stale data. (float16 at H = 16 takes the
+    fused kernels; float32 at H = 1 the direct kernel.)"""
+    n, B, L = 2048, 2, 2048
+    chain = jax.jit(lambda a, w: jnp.tanh(a @ w))
+    a = jax.device_put(_rand(rng, (n, n), jnp.float32), jax_gpu)
+    w = jax.device_put(_rand(rng, (n, n), jnp.float32) / np.sqrt(n), jax_gpu)
+    zero = jax.device_put(jnp.float32(0), jax_gpu)
+    k = jax.device_put(_rand(rng, (H, L), dtype), jax_gpu)
+    tol = 4 * testing.tolerance(dtype)
+    for _ in range(3):
+        base = jax.device_put(_rand(rng, (B, H, L), dtype), jax_gpu)
+        base.block_until_ready()
+        b = a
+        for _ in range(24):
+            b = chain(b, w)
+        x = base + (zero * jnp.sum(b)).astype(base.dtype)  # == base, written after the chain
+        y = longconv.convolve(x, k)
+        z = 2 * y + 1
+        ref = testing.reference_convolve(np.asarray(base.astype(jnp.float64)),
+                                         np.asarray(k.astype(jnp.float64)))
+        assert _rel(y, ref) < tol
+        assert _rel(z, 2 * ref + 1) < tol
