@@ -330,6 +330,11 @@ def _run_convolve(x, k, causal, pregate, postgate, skip, precision, freq_keep, k
         if capturing:
             _refuse_cold_capture(key, "longconv.convolve", x, k)
         y = _fast_convolve(x, k, pregate, postgate, skip, causal, precision, keep)
+        if y is None and precision is None and pregate is None and postgate is None \
+                and skip is None:
+            # small float32/float64 problems (a backward's correlations among them): one
+            # launch of the direct kernel instead of a plan and cuFFT's launches
+            y = _direct_convolve(x, k, causal)
         if y is not None:
             if not capturing:
                 _remember_eager_call(key)
@@ -580,18 +585,47 @@ def _kgrad(g, u, k_len, causal):
     wide = torch.float64 if torch.float64 in (g.dtype, u.dtype) else torch.float32
     g3 = g.reshape(-1, H, L).to(wide)
     u3 = u.reshape(-1, H, L).to(wide).flip(-1)
+    p = 0 if causal else (k_len - 1) // 2
+    lo = L - 1 - p
+    direct = _kgrad_direct(g3, u3, k_len, lo)
+    if direct is not None:
+        return direct
     with _on_torch_stream(g):
         ga, _ = _as_backend(g3)
         ua, _ = _as_backend(u3)
         full = longconv.fftconvolve_long(ga, ua, mode="full", axes=-1).sum(axis=0)
         full = _to_tensor(full, None, g)
-    p = 0 if causal else (k_len - 1) // 2
-    lo = L - 1 - p
     out = full.new_zeros((H, k_len))
     s0, s1 = max(0, -lo), min(k_len, 2 * L - 1 - lo)
     if s1 > s0:
         out[:, s0:s1] = full[:, lo + s0:lo + s1]
     return out
+
+
+def _kgrad_direct(g3, ur, k_len, lo):
+    """:func:`_kgrad` of a small problem on CUDA tensors in one launch of the direct kernel,
+    or None where it does not serve (CPU tensors, too much work): ``g3`` ``(B, H, L)`` and the
+    time-reversed ``u``, ``ur``, both float32 or both float64.
+
+    Each of the B * H rows is its own channel whose filter is its reversed ``u`` row: output
+    ``s`` at full-convolution index ``lo + s`` is ``sum_t g[t] u[t + p - s]``, the full
+    correlation's entry that :func:`_kgrad` keeps; the batch is summed after."""
+    torch = _torch()
+    name = {torch.float32: "float32", torch.float64: "float64"}.get(g3.dtype)
+    if name is None or not g3.is_cuda or ur.dtype != g3.dtype:
+        return None
+    B, H, L = g3.shape
+    rows = B * H
+    cupy, _direct = _modules()[1:3]
+    dev = g3.get_device()
+    if not rows or not _direct.serves(name, rows, k_len, L) or ur.get_device() != dev \
+            or cupy.cuda.runtime.getDevice() != dev:
+        return None
+    g3, ur = g3.contiguous(), ur.contiguous()
+    y = torch.empty((B, H, k_len), dtype=g3.dtype, device=g3.device)
+    _direct.launch(cupy, name, g3.data_ptr(), ur.data_ptr(), L, 0, 0, 0, y.data_ptr(), 1, rows,
+                   L, k_len, lo, L, 0, _raw_stream()(dev))
+    return y.sum(0)
 
 
 def _skip_grad(per_h, skip):

@@ -699,3 +699,41 @@ def test_cuda_graph_capture_without_warm_up_says_what_to_do():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(y_static, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("xshape, kshape", [
+    ((2, 4, 300), (4, 200)),    # filters shorter than the signal
+    ((3, 2, 100), (2, 257)),    # filters longer than the signal
+    ((2, 3, 64), (64,)),        # one filter for every channel
+    ((50,), (7,)),              # 1-D
+])
+def test_cuda_small_training_step_takes_the_direct_kernel(dtype, causal, xshape, kshape, spy):
+    """A small float32/float64 forward and backward on CUDA: the forward, dx's correlation
+    and dk's correlations each one launch of the direct kernel (no plan, no cuFFT); the
+    gradients against torch autograd in float64; and the same against the general route."""
+    _cuda()
+    from longconv import _direct
+
+    launches = spy(_direct, "launch", lambda a, r: a[1])
+    plans = spy(lt, "_as_backend", lambda a, r: 1)
+    x = gen(*xshape, dtype=dtype).cuda().requires_grad_()
+    k = gen(*kshape, dtype=dtype, seed=1).cuda().requires_grad_()
+    y = longconv.convolve(x, k, causal)
+    dy = gen(*xshape, dtype=dtype, seed=2).cuda()
+    gx, gk = torch.autograd.grad(y, (x, k), dy)
+    name = "float32" if dtype == torch.float32 else "float64"
+    assert launches == [name] * 3 and not plans
+    xr, kr = (t.detach().cpu().double().requires_grad_() for t in (x, k))
+    rx, rk = torch.autograd.grad(ref_conv(xr, kr, causal), (xr, kr), dy.cpu().double())
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert gx.dtype == dtype and gk.dtype == dtype and gk.shape == k.shape
+    assert rel_err(gx.cpu(), rx) < tol and rel_err(gk.cpu(), rk) < tol
+    # the general route (plans, cuFFT) where the direct kernel's bound is exceeded
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(_direct.DIRECT_MAX_WORK, name, 0)
+        fx, fk = torch.autograd.grad(longconv.convolve(x, k, causal), (x, k), dy)
+    assert plans
+    assert rel_err(fx, gx) < tol and rel_err(fk, gk) < tol
