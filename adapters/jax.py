@@ -521,8 +521,10 @@ def _direct_backward(cfg, device_id, handle, outs, g, u, k):
     float64 rfft gathered by our kernels, and dk an inverse cuFFT of its gathered half
     spectrum when the direct inverse sum does not serve."""
     causal, kernel_len, nd, half = cfg
-    if not half or len(g.shape) != nd or nd < 2:
+    if len(g.shape) != nd or nd < 2:
         return False
+    if not half:
+        return _direct_small_backward(cfg, device_id, handle, outs, g, u, k)
     if _dtype_names(g, u, k) != ["float32"] * 3:
         return False
     H, L = int(g.shape[-2]), int(g.shape[-1])
@@ -554,6 +556,52 @@ def _direct_backward(cfg, device_id, handle, outs, g, u, k):
             # dk into the output buffer, reduced as FusedPlan.backward reduces it (the direct
             # inverse sum, or many long filters' half spectrum and an inverse real cuFFT)
             shell.reduce_dk(dks, H, S, handle, out=_device_view(cupy, outs[1], device_id))
+    return True
+
+
+def _direct_small_backward(cfg, device_id, handle, outs, g, u, k):
+    """``(du, dk)`` of a small float32/float64 problem straight on XLA's buffers with the direct
+    kernel (``longconv._direct``), on XLA's stream: ``du``, the correlation of ``g`` with the
+    filters, as the convolution of the time-reversed ``g`` reversed back; ``dk`` in one launch
+    whose B * H rows are each their own channel, filtered by their reversed ``u`` row (output
+    ``s`` at full-convolution index ``L - 1 - off + s`` is ``sum_t g[t] u[t + off - s]``), then
+    summed over the batch (and the channels for one shared filter). False where the direct
+    kernel does not serve both (other dtypes, too much work): the general body then runs."""
+    causal, kernel_len, _, _ = cfg
+    io, *rest = _dtype_names(g, u, k)
+    if io not in ("float32", "float64") or rest != [io, io]:
+        return False
+    H, L = int(g.shape[-2]), int(g.shape[-1])
+    B = math.prod(int(v) for v in g.shape[:-2])
+    Hk, Lk = (int(v) for v in k.shape)
+    m = Lk if kernel_len is None else min(Lk, kernel_len)
+    rows = B * H
+    from longconv import _direct
+
+    geometry = _direct.convolve_geometry(io, io, rows, L, m, causal) if rows * L else None
+    if geometry is None or not _direct.serves(io, rows, m, L):
+        return False
+    import cupy
+
+    ptr = [_buffer_pointer(a) for a in (g, u, k, *outs)]
+    if _probe is not None:
+        _probe({"inputs": ptr[:3], "outputs": ptr[3:], "stream": handle,
+                "current_stream": handle, "device": device_id})
+    with _on_device(cupy, device_id), _xla_stream(cupy, handle, device_id):
+        gv, uv, du, dk = (_device_view(cupy, a, device_id) for a in (g, u, *outs))
+        flipped = cupy.ascontiguousarray(gv.reshape(rows, L)[:, ::-1])
+        conv = cupy.empty_like(flipped)
+        _direct.launch_convolve(cupy, geometry, flipped.data.ptr, ptr[2], Lk if Hk > 1 else 0,
+                                0, 0, 0, conv.data.ptr, rows, H, L, handle)
+        du.reshape(rows, L)[...] = conv[:, ::-1]
+        ur = cupy.ascontiguousarray(uv.reshape(rows, L)[:, ::-1])
+        part = cupy.empty((B, H, m), dtype=gv.dtype)
+        off = 0 if causal else (m - 1) // 2
+        _direct.launch(cupy, io, gv.data.ptr, ur.data.ptr, L, 0, 0, 0, part.data.ptr, 1, rows,
+                       L, m, L - 1 - off, L, 0, handle)
+        if m < Lk:
+            dk.fill(0)  # taps past kernel_len are not used
+        dk[:, :m] = part.sum(axis=(0, 1) if Hk == 1 else 0).reshape(Hk, m)
     return True
 
 

@@ -694,3 +694,47 @@ def test_gpu_eager_orders_with_pending_jax_work(rng, jax_gpu, dtype, H):
                                          np.asarray(k.astype(jnp.float64)))
         assert _rel(y, ref) < tol
         assert _rel(z, 2 * ref + 1) < tol
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("xshape, kshape, kernel_len", [
+    ((2, 4, 300), (4, 120), None),
+    ((3, 2, 100), (2, 257), None),   # filters longer than the signal
+    ((2, 3, 64), (1, 64), None),     # one filter for every channel
+    ((2, 4, 200), (4, 150), 90),     # kernel_len cuts the filters
+])
+def test_gpu_small_grad_takes_the_direct_kernel(rng, jax_gpu, spy, dtype, causal, xshape,
+                                                kshape, kernel_len):
+    """A small float32/float64 jit(grad) step: the forward, du and dk each one launch of the
+    direct kernel on XLA's buffers, against float64 jnp.fft and against the general route."""
+    from longconv import _direct
+
+    launches = spy(_direct, "launch", lambda a, r: a[1])
+    x, k = _on(jax_gpu, _rand(rng, xshape, dtype), _rand(rng, kshape, dtype))
+    w = jax.device_put(_rand(rng, xshape, dtype), jax_gpu)
+
+    def loss(x, k):  # not linear in the output: the backward needs the forward's value
+        return jnp.sum(longconv.convolve(x, k, causal, kernel_len=kernel_len) ** 2 * w)
+
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    gx, gk = step(x, k)
+    assert launches == [dtype] * 3
+    cpu = jax.devices("cpu")[0]
+    hx, hk, hw = (jax.device_put(a.astype(jnp.float64), cpu) for a in (x, k, w))
+    m = kshape[-1] if kernel_len is None else kernel_len
+
+    def ref(x, k):
+        return jnp.sum(_jnp_layer(x, k[:, :m], causal) ** 2 * hw)
+
+    rx, rk = jax.jit(jax.grad(ref, argnums=(0, 1)))(hx, hk)
+    tol = 1e-11 if dtype == "float64" else 1e-5
+    assert gx.dtype == x.dtype and gk.dtype == k.dtype and gk.shape == k.shape
+    assert _rel(gx, rx) < tol and _rel(gk, rk) < tol
+    if m < kshape[-1]:
+        assert not np.asarray(gk)[:, m:].any()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(_direct.DIRECT_MAX_WORK, dtype, 0)  # the general route (cuFFT)
+        fx, fk = step(x, k)
+    assert _rel(fx, gx) < tol and _rel(fk, gk) < tol
