@@ -3,7 +3,8 @@
 A problem so small (default B=1, H=1, L=256, float32) that the arithmetic is negligible: the
 time per call is what the path costs around the kernels (validation, plan building, DLPack or
 callbacks, dispatch). Rows, each the median over ``--calls`` calls after ``--warmup`` calls,
-every call waited for (``block_until_ready``, and on a GPU a device-wide synchronisation):
+every call waited for (``block_until_ready``, and on a GPU a device-wide synchronisation), the
+cases taking turns (``--rounds``) so that a drift of the host's speed reaches every row alike:
 
 * ``jnp.fft jit``: the same causal convolution written with ``jnp.fft`` under ``jax.jit``,
   the floor of a jitted call on this device;
@@ -22,6 +23,7 @@ subtracts the ``jnp x * 2 eager`` median from the eager rows.
 
     python benchmarks/bench_overhead_jax.py [--device gpu|cpu] [--dtype float32] [--B 1]
                                             [--H 1] [--L 256] [--calls 2000] [--warmup 50]
+                                            [--rounds 10]
 """
 
 from __future__ import annotations
@@ -35,24 +37,30 @@ import time
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
-def _time_calls(fn, args, calls, warmup, sync=None):
-    """Median microseconds of ``fn(*args)`` with every result waited for (and ``sync()``
-    after each call when given)."""
+def _time_cases(cases, calls, warmup, rounds, sync=None):
+    """Median microseconds per call of each case ``(name, fn, args)``, every result waited for
+    (and ``sync()`` after each call when given). The cases take turns, ``rounds`` times
+    ``calls // rounds`` calls each, so that a drift of the host's speed during the run (seen
+    on shared hosts: 1.6x between minutes) reaches every row alike."""
     import jax
 
-    def once():
+    def once(fn, args):
         jax.block_until_ready(fn(*args))
         if sync is not None:
             sync()
 
-    for _ in range(warmup):
-        once()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
+    for _, fn, args in cases:
+        for _ in range(warmup):
+            once(fn, args)
+    times = {name: [] for name, _, _ in cases}
+    per_round = max(1, calls // rounds)
+    for _ in range(rounds):
+        for name, fn, args in cases:
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                once(fn, args)
+                times[name].append(time.perf_counter() - t0)
+    return [(name, statistics.median(times[name]) * 1e6) for name, _, _ in cases]
 
 
 def main(argv=None):
@@ -66,8 +74,10 @@ def main(argv=None):
     parser.add_argument("--L", type=int, default=256)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="turns the cases take (each times calls // rounds calls a turn)")
     args = parser.parse_args(argv)
-    for name in ("B", "H", "L", "calls", "warmup"):
+    for name in ("B", "H", "L", "calls", "warmup", "rounds"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             parser.error(f"--{name} must be a positive integer; got {getattr(args, name)}")
 
@@ -119,7 +129,7 @@ def main(argv=None):
     route = "buffer_callback on XLA's stream" if gpu_route else "pure_callback (host)"
     print(f"# jax {jax.__version__} on {device.device_kind} ({device.platform}); longconv "
           f"{longconv.__version__}; x ({B}, {H}, {L}) {args.dtype}; jitted path: {route}; "
-          f"median of {args.calls} calls after {args.warmup}")
+          f"median of {args.calls} calls in {args.rounds} turns after {args.warmup}")
     sync = None
     if platform == "gpu":
         # every row also waits for the whole device (CuPy's streams included), the same cost
@@ -127,9 +137,7 @@ def main(argv=None):
         import cupy
 
         sync = cupy.cuda.runtime.deviceSynchronize
-    rows = []
-    for name, fn, fargs in cases:
-        rows.append((name, _time_calls(fn, fargs, args.calls, args.warmup, sync)))
+    rows = _time_cases(cases, args.calls, args.warmup, args.rounds, sync)
     floor, eager_floor = rows[0][1], rows[1][1]
     print(f"{'path':<22}{'us/call':>12}{'over floor us':>16}{'over eager op us':>19}")
     for name, us in rows:
