@@ -98,14 +98,35 @@ def _graph_constant(a, x):
     block's task) and needs no GPU where the graph is unpacked (a distributed scheduler). The
     task moves it to the chunks' kind, so each worker computes or fetches it once and its
     blocks share it.
+
+    For CuPy chunks the task is ``cupy.asarray`` itself (see :func:`_to_chunk_kind`).
     """
     import dask
     from dask.base import tokenize
 
     kind = "cupy" if _kind(x._meta) == "cupy" else "numpy"
     host = _as_kind(a, "numpy")
-    return dask.delayed(_as_kind, pure=True)(
-        host, kind, dask_key_name=f"longconv-filter-{kind}-{tokenize(host)}")
+    fn, args = _to_chunk_kind(kind)
+    return dask.delayed(fn, pure=True)(
+        host, *args, dask_key_name=f"longconv-filter-{kind}-{tokenize(host)}")
+
+
+def _to_chunk_kind(kind):
+    """``(function, extra args)`` of a task that turns an operand into ``kind``'s array.
+
+    For CuPy it is ``cupy.asarray``, pickled by reference: a distributed worker then imports
+    CuPy while it unpickles the task, in its communication thread, as it does for any task
+    that names a CuPy function, and never first inside a running task. A worker's first import
+    of CuPy from two threads at once can fail (CPython reports CuPy's internal circular imports
+    as a partially initialised module); the failure in the communication thread leaves the
+    worker deaf to the scheduler, and the computation hangs. A task of our own that imported
+    CuPy lazily did exactly that in 1 run in 8 of a ``LocalCUDACluster`` test. (The caller's
+    chunks are CuPy arrays, so CuPy is imported here already.)"""
+    if kind == "cupy":
+        import cupy
+
+        return cupy.asarray, ()
+    return _as_kind, ("numpy",)
 
 
 def _operand_like(a, x):
@@ -122,7 +143,8 @@ def _operand_like(a, x):
     if own is None or own == kind:
         return a
     a = a if is_dask(a) else da.asarray(a)
-    return a.map_blocks(_as_kind, kind, dtype=a.dtype,
+    fn, args = _to_chunk_kind(kind)
+    return a.map_blocks(fn, *args, dtype=a.dtype,
                         meta=meta_from_array(x._meta, ndim=a.ndim, dtype=a.dtype))
 
 

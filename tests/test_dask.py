@@ -289,6 +289,28 @@ def test_local_cuda_cluster(cp, rng, scheduler):
             assert len({w for ws in placed.values() for w in ws}) > 1
 
 
+@pytest.mark.gpu
+def test_cupy_chunks_never_import_cupy_inside_our_tasks(cp, rng, scheduler):
+    """With CuPy chunks, the tasks that move the filter and a NumPy gate to the GPU are
+    ``cupy.asarray`` itself (pickled by reference, so a distributed worker imports CuPy while
+    unpickling them), not a function of ours that imports CuPy while it runs: a worker's first
+    import of CuPy from two threads at once can fail and hang the computation."""
+    from longconv import _dask
+
+    x = da.from_array(rng.standard_normal((4, 3, 500)).astype(np.float32),
+                      chunks=(2, 3, 500)).map_blocks(cp.asarray)
+    k = rng.standard_normal((3, 40)).astype(np.float32)
+    gate = rng.standard_normal((3, 500)).astype(np.float32)
+    y = longconv.convolve(x, k, pregate=gate)
+    graph = dict(y.__dask_graph__())
+    filt = [t for key, t in graph.items()
+            if isinstance(key, str) and key.startswith("longconv-filter-cupy-")]
+    assert len(filt) == 1 and filt[0].func is cp.asarray
+    assert _dask._as_kind not in [getattr(t, "func", None) for t in graph.values()]
+    ref = testing.reference_convolve(cp.asnumpy(x.compute()) * gate, k)
+    testing.assert_close(cp.asnumpy(y.compute()), ref, np.float32)
+
+
 def test_numpy_chunks_compute_on_the_cpu_whatever_the_size_policy(monkeypatch, rng):
     # a machine with a GPU, where the policy would send NumPy calls of this size to it: dask's
     # NumPy chunks still compute where they live (the GPU lookups are faked; nothing may run)
