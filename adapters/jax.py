@@ -617,8 +617,8 @@ def _cupy_view(cupy, a, device_id):
     """A CuPy array over a concrete single-device GPU JAX array's memory through DLPack, safe
     to read on CuPy's current stream (JAX makes that stream wait for the array's producer).
 
-    ``cupy.from_dlpack(a)`` would cost twice as much (about 15 us of an H100 host): it asks
-    the array for its DLPack device first, which JAX answers slowly. Here the device is known,
+    ``cupy.from_dlpack(a)`` costs about 15 us of an H100 host against 11 here: it asks the
+    array for its DLPack device first, which JAX answers slowly. Here the device is known,
     the capsule is asked for directly (with the consumer's stream, as CuPy itself would pass
     it: 1 for the legacy default stream) and CuPy consumes the capsule."""
     with _on_device(cupy, device_id):
