@@ -687,10 +687,6 @@ class FusedPlan:
 
     def dk_taps(self):
         """Taps of dk the backward computes (the rest of the ``Lk`` are zero)."""
-        return self._dk_taps(0)
-
-    def _dk_taps(self, H):
-        """Taps of dk the backward computes (the rest of the ``Lk`` are zero)."""
         if self.mode == "circular":
             return self.Lk
         # taps past the output window never meet the input (their circular images would
@@ -706,39 +702,32 @@ class FusedPlan:
         gather the Hermitian half spectrum (``lc_dk_gather``) for an inverse real cuFFT."""
         cupy = _cupy()
         N, Lk = self.n, self.Lk
-        if self.Hk == 1 and H > 1:
-            # one filter for every channel: its gradient is linear in the partial spectra
-            dks = dks.reshape(H, S * N).sum(axis=0)
+        rows = H
+        if self.Hk == 1:
+            rows = 1
+            if H > 1:
+                # one filter for every channel: its gradient is linear in the partial spectra
+                dks = dks.reshape(H, S * N).sum(axis=0)
         if self.dk_direct(H):
-            rows = 1 if self.Hk == 1 else H
             dk = cupy.empty((rows, Lk), dtype=cupy.float32) if out is None else out
             self.dk_into(dks.data.ptr, rows, S, dk.data.ptr, stream)
             return dk
-        m = self._dk_taps(H)
-        H = 1 if self.Hk == 1 else H
-        half = cupy.empty((H, N // 2 + 1), dtype=cupy.complex64)
-        self.dk_gather_into(dks.data.ptr, H, S, half.data.ptr, stream)
+        half = cupy.empty((rows, N // 2 + 1), dtype=cupy.complex64)
+        self.dk_gather_into(dks.data.ptr, rows, S, half.data.ptr, stream)
         # norm="forward": the unscaled sum over the Hermitian extension of the half spectrum;
         # cuFFT's C2R overwrites its input, which is scratch here (no copy of it)
         import cupyx.scipy.fft
 
         corr = cupyx.scipy.fft.irfft(half, n=N, axis=-1, norm="forward", overwrite_x=True)
-        if self.mode == "circular":
-            taps = corr if Lk == N else corr[:, np.arange(Lk) % N]
-        elif m == Lk:
-            taps = corr[:, :Lk]
-        else:
-            # taps past the output window never meet the input (their circular images would
-            # alias back onto it when the filter is longer than the signal)
-            dk = cupy.zeros((H, Lk), dtype=cupy.float32) if out is None else out
-            if out is not None:
-                dk[:, m:] = 0
-            dk[:, :m] = corr[:, :m]
-            return dk
-        if out is None:
-            return cupy.ascontiguousarray(taps)
-        out[...] = taps
-        return out
+        if self.mode == "circular" and Lk != N:
+            corr = corr[:, np.arange(Lk) % N]  # the taps' images on the circle
+        m = self.dk_taps()
+        if out is None and m == Lk:
+            return cupy.ascontiguousarray(corr[:, :Lk])  # no copy when it already is one
+        dk = cupy.empty((rows, Lk), dtype=cupy.float32) if out is None else out
+        dk[:, :m] = corr[:, :m]
+        dk[:, m:] = 0  # taps past the output window never meet the input
+        return dk
 
     def _numbers(self, a):
         """An I/O array's values in float32 (bfloat16 travels as uint16 bits)."""
@@ -919,14 +908,14 @@ class FusedPlan:
         launch = self._launcher("lc_dk_gather", DK_PARAMS_DTYPE, KSPEC_THREADS)
         launch(min(H, KSPEC_MAX_BLOCKS * 4), 8 * N, stream, (
             dks, _frag_inverse(_cupy(), N).data.ptr, self._wtn_ptr, 0, half, H, self.Lk,
-            self._dk_taps(H), S, N, int(self.mode == "circular"), 1))
+            self.dk_taps(), S, N, int(self.mode == "circular"), 1))
 
     def dk_direct(self, H):
         """Whether :meth:`dk_into` serves the dk of a backward over ``H`` channels (the direct
         inverse sum, one launch, no scratch; with one filter for every channel, once the
         channels' partial spectra are summed): else :meth:`backward` reduces with cuFFT."""
         rows = 1 if self.Hk == 1 else H
-        return rows * self.n * self._dk_taps(H) <= DK_DIRECT_MAX_WORK
+        return rows * self.n * self.dk_taps() <= DK_DIRECT_MAX_WORK
 
     def dk_into(self, dks, H, S, dk, stream):
         """dk (float32 ``(Hk, Lk)`` at address ``dk``) from the partial spectra at ``dks``
@@ -940,7 +929,7 @@ class FusedPlan:
         launch = self._launcher("lc_kspec_dk", DK_PARAMS_DTYPE, KSPEC_THREADS)
         launch(min(items, KSPEC_MAX_BLOCKS * 4), 8 * N + 8 * (N // 2 + 1), stream, (
             dks, _frag_inverse(_cupy(), N).data.ptr, self._wtn_ptr, dk, 0, H, Lk,
-            self._dk_taps(H), S, N, int(self.mode == "circular"), cpi))
+            self.dk_taps(), S, N, int(self.mode == "circular"), cpi))
 
 
 def make_plan(k, L, *, mode, io_dtype, n=None, freq_keep=None, kernel_len=None, precision=None,
